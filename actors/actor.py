@@ -1,0 +1,100 @@
+"""The actor primitive: a trio task that owns its state and reads a mailbox.
+
+Nobody but the actor touches its state. `tell` posts a message and returns at
+once; `ask` posts one with a `Reply` and waits for the answer. An actor handles
+one message at a time, so each state transition is atomic without a lock.
+Asks flow one way only (web -> runtime -> lease -> workflow; everyone else is
+told), so no two actors can wait on each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Generic, TypeVar
+
+import trio
+
+log = logging.getLogger("workflow_graph")
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot answer slot: set once by the actor, read once by the asker.
+
+    `abandoned` is set by an asker that stopped waiting, so an actor holding
+    the reply (a parked claim) knows to offer its answer to someone else.
+    """
+
+    __slots__ = ("_event", "value", "error", "abandoned")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    @property
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, value: T) -> None:
+        self.value = value
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._event.set()
+
+    async def wait(self) -> T:
+        await self._event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Actor:
+    """Base class: subclasses implement `handle(message)` synchronously.
+
+    A domain error raised by `handle` goes back to the asker; for a told
+    message it is logged, never swallowed silently.
+    """
+
+    name = "actor"
+
+    def __init__(self) -> None:
+        self._outbox, self._inbox = trio.open_memory_channel[tuple[Any, Reply | None]](math.inf)
+
+    def tell(self, message: Any) -> None:
+        try:
+            self._outbox.send_nowait((message, None))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            log.debug("%s is stopped; dropped %r", self.name, message)
+
+    async def ask(self, message: Any) -> Any:
+        reply: Reply = Reply()
+        try:
+            self._outbox.send_nowait((message, reply))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise trio.ClosedResourceError(f"{self.name} is stopped") from None
+        return await reply.wait()
+
+    def handle(self, message: Any) -> Any:
+        raise NotImplementedError
+
+    def deliver(self, message: Any, reply: Reply | None) -> None:
+        try:
+            result = self.handle(message)
+        except Exception as exc:  # noqa: BLE001 - the asker gets it; a tell is logged
+            if reply is not None:
+                reply.fail(exc)
+            else:
+                log.warning("%s: %r failed: %s", self.name, message, exc)
+        else:
+            if reply is not None:
+                reply.set(result)
+
+    async def run(self) -> None:
+        async for message, reply in self._inbox:
+            self.deliver(message, reply)

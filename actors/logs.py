@@ -1,0 +1,140 @@
+"""The logs actor: stored chunks of each job's latest run, and live subscribers.
+
+A subscriber gets a replay of what is stored and a channel of what follows;
+the channel closes once the job reaches a terminal status, after its last
+chunk, so a stream ends by itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import trio
+
+from .actor import Actor
+from .models import LogChunk
+
+JobKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class JobLog:
+    chunks: list[LogChunk] = field(default_factory=list)
+    bytes: int = 0
+    dropped_bytes: int = 0
+    ended: bool = False
+    subscribers: list[trio.MemorySendChannel[LogChunk]] = field(default_factory=list)
+
+
+# --- messages ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AppendChunks:
+    key: JobKey
+    chunks: list[LogChunk]
+
+
+@dataclass(slots=True)
+class ResetWorkflow:
+    workflow_id: str
+    job_ids: list[str]
+
+
+@dataclass(slots=True)
+class JobEnded:
+    """Final: the job is terminal. Not final: an attempt ended and a retry follows."""
+
+    key: JobKey
+    final: bool
+
+
+@dataclass(slots=True)
+class ReadLog:
+    key: JobKey
+
+
+@dataclass(slots=True)
+class Subscribe:
+    key: JobKey
+
+
+@dataclass(slots=True)
+class Subscription:
+    replay: list[LogChunk]
+    live: trio.MemoryReceiveChannel[LogChunk]
+
+
+class LogsActor(Actor):
+    name = "logs"
+
+    def __init__(self, max_bytes_per_job: int = 16 * 1024 * 1024) -> None:
+        super().__init__()
+        self._logs: dict[JobKey, JobLog] = {}
+        self._max_bytes = max_bytes_per_job
+
+    def handle(self, message):
+        match message:
+            case AppendChunks(key, chunks):
+                self._append(key, chunks)
+            case ReadLog(key):
+                log = self._logs.get(key)
+                return list(log.chunks) if log else []
+            case Subscribe(key):
+                return self._subscribe(key)
+            case JobEnded(key, final):
+                log = self._logs.setdefault(key, JobLog())
+                if final:
+                    log.ended = True
+                    for sub in log.subscribers:
+                        sub.close()
+                    log.subscribers.clear()
+            case ResetWorkflow(workflow_id, job_ids):
+                for job_id in job_ids:
+                    old = self._logs.pop((workflow_id, job_id), None)
+                    # Open streams of a job not yet finished follow it into the new run.
+                    fresh = JobLog()
+                    if old is not None:
+                        fresh.subscribers = old.subscribers
+                    self._logs[(workflow_id, job_id)] = fresh
+            case _:
+                raise TypeError(f"logs cannot handle {message!r}")
+        return None
+
+    def _append(self, key: JobKey, chunks: list[LogChunk]) -> None:
+        log = self._logs.setdefault(key, JobLog())
+        for chunk in chunks:
+            log.chunks.append(chunk)
+            log.bytes += len(chunk.data)
+            live = []
+            for sub in log.subscribers:
+                try:
+                    sub.send_nowait(chunk)
+                    live.append(sub)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the stream's reader went away
+            log.subscribers = live
+        self._trim(log)
+
+    def _trim(self, log: JobLog) -> None:
+        """Past the per-job limit keep the tail, and say in the log what was dropped."""
+        if log.bytes <= self._max_bytes:
+            return
+        while log.chunks and log.bytes > self._max_bytes:
+            dropped = log.chunks.pop(0)
+            log.bytes -= len(dropped.data)
+            log.dropped_bytes += len(dropped.data)
+        if log.chunks:
+            first = log.chunks[0]
+            notice = f"[workflow-graph: {log.dropped_bytes} earlier bytes of this log dropped]\n"
+            log.chunks.insert(0, first.model_copy(update={"data": notice}))
+
+    def _subscribe(self, key: JobKey) -> Subscription:
+        log = self._logs.setdefault(key, JobLog())
+        send, receive = trio.open_memory_channel[LogChunk](math.inf)
+        if log.ended:
+            send.close()
+        else:
+            log.subscribers.append(send)
+        return Subscription(replay=list(log.chunks), live=receive)

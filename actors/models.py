@@ -1,0 +1,261 @@
+"""The wire contract: one pydantic model per JSON shape of `spec/contract.md`.
+
+The server and the `wfg` tools both use these models, so a shape is defined
+exactly once. Field names and enum spellings are the contract's, exactly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+# Ids travel in URLs and shell environments; keep them to a safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    success = "success"
+    failure = "failure"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.success, JobStatus.failure, JobStatus.skipped, JobStatus.cancelled}
+)
+
+
+class WorkerStatus(StrEnum):
+    idle = "idle"
+    busy = "busy"
+    offline = "offline"
+
+
+class _Strict(BaseModel):
+    """Request bodies: no silent coercion ("5" is not 5), unknown keys ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+# --- retry policy -----------------------------------------------------------
+
+
+class FixedDelay(_Strict):
+    delay_secs: Annotated[int, Field(ge=0, le=86_400)]
+
+
+class ExponentialDelay(_Strict):
+    base_secs: Annotated[int, Field(ge=0, le=86_400)]
+    max_secs: Annotated[int, Field(ge=0, le=86_400)]
+
+
+class FixedBackoff(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    Fixed: FixedDelay
+
+
+class ExponentialBackoff(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    Exponential: ExponentialDelay
+
+
+Backoff = Literal["None"] | FixedBackoff | ExponentialBackoff
+
+
+def backoff_delay_secs(backoff: Backoff, attempt: int) -> int:
+    """Delay before the retry that will carry `attempt` (1 for the first retry)."""
+    if isinstance(backoff, FixedBackoff):
+        return backoff.Fixed.delay_secs
+    if isinstance(backoff, ExponentialBackoff):
+        e = backoff.Exponential
+        # Bound the exponent so a large attempt count cannot build a huge int.
+        return min(e.base_secs * 2 ** min(attempt, 64), e.max_secs)
+    return 0
+
+
+class RetryPolicy(BaseModel):
+    max_retries: int = 0
+    backoff: Backoff = "None"
+
+
+# --- workflows --------------------------------------------------------------
+
+
+class _Visualized(BaseModel):
+    """Visualizer fields are echoed only when a client sent them."""
+
+    ports: Any = None
+    children: Any = None
+    collapsed: Any = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_visualizer_fields(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        for key in ("ports", "children", "collapsed"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class Job(_Visualized):
+    id: str
+    name: str
+    status: JobStatus = JobStatus.queued
+    command: str
+    duration_secs: int | None = None
+    started_at: int | None = None
+    depends_on: list[str] = []
+    output: str | None = None
+    required_labels: list[str] = []
+    max_retries: int = 0
+    attempt: int = 0
+    metadata: dict[str, Any] = {}
+
+
+class Workflow(BaseModel):
+    id: str
+    name: str
+    trigger: str
+    jobs: list[Job]
+
+
+class JobCreate(_Visualized):
+    """A job in a create request. `status` is accepted and ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: Id
+    name: str | None = None
+    command: Annotated[str, Field(min_length=1)]
+    depends_on: list[Id] = []
+    required_labels: list[Id] = []
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 0
+    metadata: dict[str, Any] = {}
+    status: Any = None
+    # Extensions: the same knobs a definition file has.
+    backoff: Backoff = "None"
+    timeout_secs: Annotated[int, Field(gt=0)] | None = None
+    env: dict[str, str] = {}
+
+
+class WorkflowCreate(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    trigger: str = ""
+    jobs: list[JobCreate]
+
+
+# --- worker protocol --------------------------------------------------------
+
+
+class QueuedJob(BaseModel):
+    job_id: str
+    workflow_id: str
+    command: str
+    required_labels: list[str]
+    retry_policy: RetryPolicy
+    attempt: int
+    upstream_outputs: dict[str, dict[str, str]]
+    enqueued_at_ms: int
+    delayed_until_ms: int = 0
+    # Extensions; clients ignore unknown keys.
+    run_id: int
+    timeout_secs: int | None = None
+    env: dict[str, str] = {}
+
+
+class Lease(BaseModel):
+    lease_id: str
+    job_id: str
+    workflow_id: str
+    worker_id: str
+    ttl_secs: int
+    granted_at_ms: int
+
+
+class Claim(BaseModel):
+    job: QueuedJob
+    lease: Lease
+
+
+class LogStream(StrEnum):
+    stdout = "stdout"
+    stderr = "stderr"
+
+
+class LogChunk(BaseModel):
+    workflow_id: str
+    job_id: str
+    sequence: int
+    data: str
+    timestamp_ms: int
+    stream: LogStream
+
+
+class WorkerInfo(BaseModel):
+    worker_id: str
+    labels: list[str]
+    registered_at_ms: int
+    last_heartbeat_ms: int
+    current_job: str | None = None
+    status: WorkerStatus
+
+
+# --- request bodies ---------------------------------------------------------
+
+
+class RegisterRequest(_Strict):
+    worker_id: Id
+    labels: list[Id] = []
+
+
+class ClaimRequest(_Strict):
+    worker_id: Id
+    labels: list[Id] = []
+    lease_ttl_secs: Annotated[int, Field(ge=1, le=86_400)] = 30
+    # Extension: park up to this long for a matching job instead of answering null.
+    wait_secs: Annotated[float, Field(ge=0, le=60)] = 0
+
+
+class CompleteRequest(_Strict):
+    outputs: dict[str, str] = {}
+
+
+class FailRequest(_Strict):
+    error: str
+    retryable: bool = False
+
+
+class LogChunkIn(_Strict):
+    """A pushed chunk: the ids it carries are ignored, the lease decides the job."""
+
+    workflow_id: str | None = None
+    job_id: str | None = None
+    sequence: Annotated[int, Field(ge=0)]
+    data: str
+    timestamp_ms: Annotated[int, Field(ge=0)] | None = None
+    stream: LogStream = LogStream.stdout
+
+
+class LogsRequest(_Strict):
+    chunks: list[LogChunkIn]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class Accepted(BaseModel):
+    """The `{}`-like body of a 200/202 answer that has no shape of its own."""
+
+    ok: bool = True

@@ -1,0 +1,134 @@
+"""A workflow's definition as the runtime holds it, and the rules every definition obeys.
+
+Both sources of definitions, files in `WORKFLOWS_DIR` and `POST /api/workflows`,
+end here, so a cycle or an unknown dependency is refused by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import Job, JobCreate, RetryPolicy, Workflow, WorkflowCreate
+
+
+class DefinitionError(ValueError):
+    """A definition that cannot be loaded; the message names the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    id: str
+    name: str
+    command: str  # what the worker runs with `sh -c`, env exports and steps included
+    depends_on: tuple[str, ...] = ()
+    required_labels: tuple[str, ...] = ()
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_secs: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Visualizer fields (`ports`, `children`, `collapsed`) exactly as a client sent them.
+    visual: dict[str, Any] = field(default_factory=dict)
+
+    def as_job(self) -> Job:
+        """The job as status shows it before any run: queued, attempt 0."""
+        return Job(
+            id=self.id,
+            name=self.name,
+            command=self.command,
+            depends_on=list(self.depends_on),
+            required_labels=list(self.required_labels),
+            max_retries=self.retry_policy.max_retries,
+            metadata=self.metadata,
+            **self.visual,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    id: str
+    name: str
+    trigger: str
+    jobs: tuple[JobSpec, ...]
+
+    def __post_init__(self) -> None:
+        check_graph(self.jobs)
+
+    def as_workflow(self) -> Workflow:
+        return Workflow(
+            id=self.id, name=self.name, trigger=self.trigger, jobs=[j.as_job() for j in self.jobs]
+        )
+
+
+def check_graph(jobs: Iterable[JobSpec]) -> None:
+    """Refuse duplicate job ids, unknown dependencies and cycles, naming the job."""
+    by_id: dict[str, JobSpec] = {}
+    for job in jobs:
+        if job.id in by_id:
+            raise DefinitionError(f"duplicate job id '{job.id}'")
+        by_id[job.id] = job
+    if not by_id:
+        raise DefinitionError("a workflow needs at least one job")
+    for job in by_id.values():
+        for dep in job.depends_on:
+            if dep not in by_id:
+                raise DefinitionError(f"job '{job.id}' depends on unknown job '{dep}'")
+            if dep == job.id:
+                raise DefinitionError(f"job '{job.id}' depends on itself")
+    # Iterative three-colour DFS: deep chains must not hit the recursion limit.
+    done: set[str] = set()
+    for root in by_id:
+        if root in done:
+            continue
+        on_path: list[str] = []
+        in_path: set[str] = set()
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                on_path.append(node)
+                in_path.add(node)
+            deps = by_id[node].depends_on
+            if i < len(deps):
+                stack.append((node, i + 1))
+                nxt = deps[i]
+                if nxt in in_path:
+                    cycle = on_path[on_path.index(nxt) :] + [nxt]
+                    raise DefinitionError("dependency cycle: " + " -> ".join(cycle))
+                if nxt not in done:
+                    stack.append((nxt, 0))
+            else:
+                on_path.pop()
+                in_path.discard(node)
+                done.add(node)
+
+
+def spec_from_create(workflow_id: str, body: WorkflowCreate) -> WorkflowSpec:
+    """The definition of a workflow created through the API."""
+    return WorkflowSpec(
+        id=workflow_id,
+        name=body.name,
+        trigger=body.trigger,
+        jobs=tuple(_job_from_create(j) for j in body.jobs),
+    )
+
+
+def _job_from_create(job: JobCreate) -> JobSpec:
+    visual = {
+        k: v
+        for k in ("ports", "children", "collapsed")
+        if (v := getattr(job, k)) is not None
+    }
+    return JobSpec(
+        id=job.id,
+        name=job.name if job.name is not None else job.id,
+        command=job.command,
+        depends_on=tuple(dict.fromkeys(job.depends_on)),
+        required_labels=tuple(dict.fromkeys(job.required_labels)),
+        retry_policy=RetryPolicy(max_retries=job.max_retries, backoff=job.backoff),
+        timeout_secs=job.timeout_secs,
+        env=dict(job.env),
+        metadata=job.metadata,
+        visual=visual,
+    )

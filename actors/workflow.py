@@ -1,0 +1,307 @@
+"""The workflow actor: one per workflow, owner of its definition and current run.
+
+Every message that changes a run names the run (`run_id`) and, for a job held
+by a worker, the lease; a message for another run or lease is refused with
+`LeaseNotActive`, never applied. This actor decides every job transition; the
+scheduler and the leases only carry out what it says.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from .actor import Actor
+from .clock import now_ms
+from .errors import Conflict, LeaseNotActive, NotFound
+from .models import (
+    TERMINAL_STATUSES,
+    Job,
+    JobStatus,
+    QueuedJob,
+    Workflow,
+    backoff_delay_secs,
+)
+from .scheduler import Enqueue, Entry, Withdraw
+from .spec import JobSpec, WorkflowSpec
+
+if TYPE_CHECKING:
+    from .runtime import System
+
+LEASE_EXPIRED = "lease expired"
+
+
+@dataclass(slots=True)
+class JobState:
+    status: JobStatus = JobStatus.queued
+    attempt: int = 0
+    started_at: int | None = None
+    duration_secs: int | None = None
+    output: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    lease_id: str | None = None
+    in_queue: bool = False
+
+
+# --- messages ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StartRun:
+    pass
+
+
+@dataclass(slots=True)
+class CancelRun:
+    pass
+
+
+@dataclass(slots=True)
+class GetStatus:
+    pass
+
+
+@dataclass(slots=True)
+class GetStatusCounts:
+    pass
+
+
+@dataclass(slots=True)
+class IsCancelled:
+    job_id: str
+
+
+@dataclass(slots=True)
+class JobClaimed:
+    run_id: int
+    job_id: str
+    attempt: int
+    lease_id: str
+
+
+@dataclass(slots=True)
+class JobCompleted:
+    run_id: int
+    job_id: str
+    lease_id: str
+    outputs: dict[str, str]
+
+
+@dataclass(slots=True)
+class JobFailed:
+    run_id: int
+    job_id: str
+    lease_id: str
+    error: str
+    retryable: bool
+
+
+class WorkflowActor(Actor):
+    def __init__(self, spec: WorkflowSpec, system: System) -> None:
+        super().__init__()
+        self.spec = spec  # immutable: safe for others to read
+        self.name = f"workflow {spec.id}"
+        self._system = system
+        self._jobs: dict[str, JobSpec] = {j.id: j for j in spec.jobs}
+        self._dependents: dict[str, list[str]] = {j.id: [] for j in spec.jobs}
+        for j in spec.jobs:
+            for dep in j.depends_on:
+                self._dependents[dep].append(j.id)
+        self._state: dict[str, JobState] = {j.id: JobState() for j in spec.jobs}
+        self._run_id = 0
+        self._unfinished = 0  # jobs of the current run not yet terminal
+
+    @property
+    def job_ids(self):
+        return self._jobs.keys()
+
+    def handle(self, message):
+        match message:
+            case GetStatus():
+                return self._status()
+            case GetStatusCounts():
+                return Counter(s.status for s in self._state.values())
+            case IsCancelled(job_id):
+                return self._job_state(job_id).status is JobStatus.cancelled
+            case JobClaimed():
+                return self._claimed(message)
+            case JobCompleted():
+                self._completed(message)
+            case JobFailed():
+                self._failed(message)
+            case StartRun():
+                return self._start_run()
+            case CancelRun():
+                self._cancel()
+            case _:
+                raise TypeError(f"{self.name} cannot handle {message!r}")
+        return None
+
+    # --- queries ---
+
+    def _job_state(self, job_id: str) -> JobState:
+        try:
+            return self._state[job_id]
+        except KeyError:
+            raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'") from None
+
+    def _status(self) -> Workflow:
+        jobs = []
+        for spec in self.spec.jobs:
+            s = self._state[spec.id]
+            job = spec.as_job()
+            job.status = s.status
+            job.attempt = s.attempt
+            job.started_at = s.started_at
+            job.duration_secs = s.duration_secs
+            job.output = s.output
+            jobs.append(job)
+        return Workflow(id=self.spec.id, name=self.spec.name, trigger=self.spec.trigger, jobs=jobs)
+
+    # --- transitions ---
+
+    def _start_run(self) -> int:
+        if self._unfinished:
+            raise Conflict(f"workflow '{self.spec.id}' already has an active run")
+        self._run_id += 1
+        self._state = {j.id: JobState() for j in self.spec.jobs}
+        self._unfinished = len(self._state)
+        self._system.logs_reset(self.spec.id, self._jobs)
+        for spec in self.spec.jobs:
+            if not spec.depends_on:
+                self._enqueue(spec, attempt=0, delay_secs=0)
+        return self._run_id
+
+    def _enqueue(self, spec: JobSpec, attempt: int, delay_secs: int) -> None:
+        state = self._state[spec.id]
+        state.in_queue = True
+        now = now_ms()
+        job = QueuedJob(
+            job_id=spec.id,
+            workflow_id=self.spec.id,
+            command=spec.command,
+            required_labels=list(spec.required_labels),
+            retry_policy=spec.retry_policy,
+            attempt=attempt,
+            upstream_outputs={d: dict(self._state[d].outputs) for d in spec.depends_on},
+            enqueued_at_ms=now,
+            delayed_until_ms=now + delay_secs * 1000 if delay_secs else 0,
+            run_id=self._run_id,
+            timeout_secs=spec.timeout_secs,
+            env=spec.env,
+        )
+        self._system.scheduler.tell(
+            Enqueue(
+                Entry(
+                    key=(self.spec.id, spec.id),
+                    run_id=self._run_id,
+                    attempt=attempt,
+                    labels=frozenset(spec.required_labels),
+                    job=job,
+                    due=trio.current_time() + delay_secs,
+                )
+            )
+        )
+
+    def _claimed(self, m: JobClaimed) -> bool:
+        """Accept a claim only for the job's current run, attempt, and queue slot."""
+        state = self._state.get(m.job_id)
+        if (
+            state is None
+            or m.run_id != self._run_id
+            or not state.in_queue
+            or state.attempt != m.attempt
+            or state.status is not JobStatus.queued
+        ):
+            return False
+        state.in_queue = False
+        state.status = JobStatus.running
+        state.lease_id = m.lease_id
+        state.started_at = now_ms()
+        return True
+
+    def _held(self, run_id: int, job_id: str, lease_id: str) -> JobState:
+        state = self._state.get(job_id)
+        if (
+            state is None
+            or run_id != self._run_id
+            or state.status is not JobStatus.running
+            or state.lease_id != lease_id
+        ):
+            raise LeaseNotActive(lease_id)
+        return state
+
+    def _completed(self, m: JobCompleted) -> None:
+        state = self._held(m.run_id, m.job_id, m.lease_id)
+        state.outputs = dict(m.outputs)
+        self._finish(m.job_id, JobStatus.success)
+        if self._system.api_only:
+            return
+        for dependent in self._dependents[m.job_id]:
+            spec = self._jobs[dependent]
+            d_state = self._state[dependent]
+            if (
+                d_state.status is JobStatus.queued
+                and not d_state.in_queue
+                and all(self._state[d].status is JobStatus.success for d in spec.depends_on)
+            ):
+                self._enqueue(spec, attempt=0, delay_secs=0)
+
+    def _failed(self, m: JobFailed) -> None:
+        state = self._held(m.run_id, m.job_id, m.lease_id)
+        spec = self._jobs[m.job_id]
+        if m.retryable and state.attempt < spec.retry_policy.max_retries:
+            state.status = JobStatus.queued
+            state.attempt += 1
+            state.lease_id = None
+            state.started_at = None
+            self._system.logs_job_ended(self.spec.id, m.job_id, final=False)
+            delay = backoff_delay_secs(spec.retry_policy.backoff, state.attempt)
+            self._enqueue(spec, attempt=state.attempt, delay_secs=delay)
+            return
+        state.output = m.error
+        self._finish(m.job_id, JobStatus.failure)
+        if not self._system.api_only:
+            self._skip_dependents_of(m.job_id)
+
+    def lease_expired(self, run_id: int, job_id: str, lease_id: str) -> None:
+        """Told by a lease whose deadline passed: a retryable failure."""
+        self.tell(JobFailed(run_id, job_id, lease_id, LEASE_EXPIRED, retryable=True))
+
+    def _skip_dependents_of(self, job_id: str) -> None:
+        pending = list(self._dependents[job_id])
+        while pending:
+            dependent = pending.pop()
+            if self._state[dependent].status in TERMINAL_STATUSES:
+                continue
+            self._finish(dependent, JobStatus.skipped)
+            pending.extend(self._dependents[dependent])
+
+    def _cancel(self) -> None:
+        withdrawn = []
+        for job_id, state in self._state.items():
+            if state.status not in (JobStatus.queued, JobStatus.running):
+                continue
+            if state.in_queue:
+                withdrawn.append((self.spec.id, job_id))
+            if state.lease_id is not None:
+                self._system.revoke_lease(state.lease_id)
+            self._finish(job_id, JobStatus.cancelled)
+        if withdrawn:
+            self._system.scheduler.tell(Withdraw(withdrawn))
+
+    def _finish(self, job_id: str, status: JobStatus) -> None:
+        state = self._state[job_id]
+        if state.status in TERMINAL_STATUSES:
+            return
+        state.status = status
+        state.in_queue = False
+        state.lease_id = None
+        if state.started_at is not None:
+            state.duration_secs = max(0, round((now_ms() - state.started_at) / 1000))
+        if self._unfinished:
+            self._unfinished -= 1
+        self._system.logs_job_ended(self.spec.id, job_id, final=True)

@@ -1,0 +1,7 @@
+"""`python -m web`: the same as `wfg serve`."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""`wfg serve`: settings from the environment, port selection, hypercorn on trio."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors import open_runtime
+
+from .app import DEFAULT_MAX_BODY_BYTES, create_app
+
+log = logging.getLogger("workflow_graph")
+
+PORT_SEARCH_SPAN = 100
+LOCAL_WORKER_GRACE_SECS = 10
+
+
+class SettingsError(ValueError):
+    """A setting with a value the server cannot use; the message names it."""
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `wfg serve` needs; `from_env` reads the documented variables."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    workflows_dir: Path = Path("workflows")
+    data_dir: str = ".wfg"
+    api_only: bool = False
+    cors_origins: tuple[str, ...] = ()
+    reap_interval_secs: float = 5.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    local_workers: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
+        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        port = _number(env, "PORT", 3000)
+        if port > 65535:
+            raise SettingsError(f"PORT must be at most 65535, got {port}")
+        return cls(
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=port,
+            workflows_dir=Path(env.get("WORKFLOWS_DIR", "").strip() or "workflows"),
+            data_dir=env.get("DATA_DIR", "").strip() or ".wfg",
+            api_only=_flag(env.get("API_ONLY")),
+            cors_origins=origins,
+            reap_interval_secs=_number(env, "REAP_INTERVAL_SECS", 5.0, float, 0.01),
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024),
+            local_workers=_number(env, "LOCAL_WORKERS", 0),
+        )
+
+    def with_overrides(self, *, in_memory: bool | None = None, **changes) -> ServerSettings:
+        """A copy with the given (non-None) values; `in_memory` means DATA_DIR=:memory:."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "workflows_dir" in changes:
+            changes["workflows_dir"] = Path(changes["workflows_dir"])
+        if in_memory:
+            changes["data_dir"] = ":memory:"
+        return dataclasses.replace(self, **changes)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind `port`, else the next free one up to +100, else any free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = [port] if port == 0 else list(range(port, min(port + PORT_SEARCH_SPAN, 65535) + 1))
+    candidates.append(0)
+    last_error: OSError | None = None
+    for candidate in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, candidate))
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise SettingsError(f"cannot bind {host}:{candidate}: {exc.strerror}") from None
+            last_error = exc
+            continue
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+    raise SettingsError(f"no free port near {port}: {last_error}")
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
+    """N `wfg worker` processes beside the server; they stop with it."""
+    procs = []
+    env = {**os.environ, "SERVER_URL": url}
+    for i in range(count):
+        procs.append(
+            await trio.lowlevel.open_process(
+                [sys.executable, "-m", "wfg", "worker", "--server", url, "--id", f"local-{i + 1}"],
+                env=env,
+                start_new_session=True,  # our Ctrl-C goes to us; we stop them in order
+            )
+        )
+    try:
+        await stop.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(LOCAL_WORKER_GRACE_SECS):
+                for proc in procs:
+                    await proc.wait()
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+
+def _hypercorn_config(sock: socket.socket) -> Config:
+    config = Config()
+    # Hypercorn takes the bound socket over and closes it when it stops.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 75  # above common proxies' idle timeout, below forever
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def _main(settings: ServerSettings) -> None:
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
+    sock = bind_socket(settings.host, settings.port)
+    async with open_runtime(
+        settings.workflows_dir,
+        api_only=settings.api_only,
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
+    ) as runtime:
+        app = create_app(
+            runtime,
+            cors_origins=list(settings.cors_origins) or None,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        url = _url(sock)
+        workflows = await runtime.list_workflows(limit=1000)
+        say(f"workflow-graph: {len(workflows)} workflow(s) loaded from {settings.workflows_dir}")
+        if settings.api_only:
+            say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
+        if settings.data_dir != ":memory:":
+            say("workflow-graph: state is kept in memory (the durable store is not built yet)")
+        say(f"workflow-graph listening on {url}")
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, stop)
+            if settings.local_workers:
+                nursery.start_soon(_run_local_workers, settings.local_workers, url, stop)
+            await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stop.wait)
+            stop.set()
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        trio.run(_main, settings)
+    except SettingsError as exc:
+        print(f"workflow-graph: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = ServerSettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"workflow-graph: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+__all__ = ["ServerSettings", "SettingsError", "bind_socket", "main", "serve"]
