@@ -53,9 +53,7 @@ class Revoke:
 
 
 class LeaseActor(Actor):
-    def __init__(
-        self, lease: Lease, run_id: int, workflow: WorkflowActor, system: System
-    ) -> None:
+    def __init__(self, lease: Lease, run_id: int, workflow: WorkflowActor, system: System) -> None:
         super().__init__()
         self.lease = lease
         self.name = f"lease {lease.lease_id}"
@@ -71,7 +69,6 @@ class LeaseActor(Actor):
 
     async def run(self) -> None:
         lease = self.lease
-        self._system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))
         try:
             await self._serve()
         finally:

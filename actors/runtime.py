@@ -30,13 +30,13 @@ from .models import (
     Lease,
     LogChunk,
     LogChunkIn,
-    Workflow,
     WorkerInfo,
+    Workflow,
     WorkflowCreate,
 )
 from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, Unpark
 from .spec import DefinitionError, WorkflowSpec, spec_from_create
-from .workers import Heartbeat, ListWorkers, Register, Seen, WorkerRegistry
+from .workers import Heartbeat, JobHeld, ListWorkers, Register, Seen, WorkerRegistry
 from .workflow import (
     CancelRun,
     GetStatus,
@@ -258,6 +258,8 @@ class Runtime:
                 )
                 lease_actor = LeaseActor(lease, entry.run_id, actor, self._system)
                 self._system.leases[lease_id] = lease_actor
+                # Told before the claim is answered, so the worker reads busy at once.
+                self._system.workers.tell(JobHeld(worker_id, job_id, held=True))
                 self._nursery.start_soon(lease_actor.run)
         except BaseException:
             self._system.scheduler.tell(Requeue(entry))

@@ -116,9 +116,7 @@ def spec_from_create(workflow_id: str, body: WorkflowCreate) -> WorkflowSpec:
 
 def _job_from_create(job: JobCreate) -> JobSpec:
     visual = {
-        k: v
-        for k in ("ports", "children", "collapsed")
-        if (v := getattr(job, k)) is not None
+        k: v for k in ("ports", "children", "collapsed") if (v := getattr(job, k)) is not None
     }
     return JobSpec(
         id=job.id,

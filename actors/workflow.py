@@ -19,7 +19,6 @@ from .clock import now_ms
 from .errors import Conflict, LeaseNotActive, NotFound
 from .models import (
     TERMINAL_STATUSES,
-    Job,
     JobStatus,
     QueuedJob,
     Workflow,

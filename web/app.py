@@ -78,9 +78,7 @@ class BadRequest(Exception):
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(
-        json.dumps({"error": message}), status=status, content_type="application/json"
-    )
+    return Response(json.dumps({"error": message}), status=status, content_type="application/json")
 
 
 _ADAPTERS: dict[Any, TypeAdapter] = {}
