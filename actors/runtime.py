@@ -211,6 +211,8 @@ class Runtime:
             try:
                 with trio.move_on_at(deadline if park else math.inf):
                     await reply.wait()
+                # A claimer cancelled while its job was on the way must not be granted it.
+                await trio.lowlevel.checkpoint_if_cancelled()
             except BaseException:
                 self._give_back(request)
                 raise
