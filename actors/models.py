@@ -244,7 +244,8 @@ class LogChunkIn(_Strict):
     sequence: Annotated[int, Field(ge=0)]
     data: str
     timestamp_ms: Annotated[int, Field(ge=0)] | None = None
-    stream: LogStream = LogStream.stdout
+    # Strict mode takes only enum instances from Python data; JSON sends strings.
+    stream: Annotated[LogStream, Field(strict=False)] = LogStream.stdout
 
 
 class LogsRequest(_Strict):

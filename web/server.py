@@ -209,9 +209,10 @@ def serve(settings: ServerSettings) -> int:
     return 0
 
 
-def main() -> int:
+def main(**overrides) -> int:
+    """Serve with settings from the environment, then `overrides` (the CLI's flags)."""
     try:
-        settings = ServerSettings.from_env(os.environ)
+        settings = ServerSettings.from_env(os.environ).with_overrides(**overrides)
     except SettingsError as exc:
         print(f"workflow-graph: {exc}", file=sys.stderr)
         return 2
