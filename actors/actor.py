@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .store import Record
 
 log = logging.getLogger("workflow_graph")
 
@@ -62,9 +66,20 @@ class Actor:
     """
 
     name = "actor"
+    journal: Journal | None = None  # set when state is durable
 
     def __init__(self) -> None:
         self._outbox, self._inbox = trio.open_memory_channel[tuple[Any, Reply | None]](math.inf)
+        self._records: list[Record] = []
+
+    def record(self, record: Record) -> None:
+        """Note a change to store before the current message is answered."""
+        if self.journal is not None:
+            self._records.append(record)
+
+    def take_records(self) -> list[Record]:
+        records, self._records = self._records, []
+        return records
 
     def tell(self, message: Any) -> None:
         try:
@@ -84,15 +99,20 @@ class Actor:
         raise NotImplementedError
 
     def deliver(self, message: Any, reply: Reply | None) -> None:
+        result = error = None
         try:
             result = self.handle(message)
         except Exception as exc:  # noqa: BLE001 - the asker gets it; a tell is logged
-            if reply is not None:
-                reply.fail(exc)
-            else:
+            error = exc
+            if reply is None:
                 log.warning("%s: %r failed: %s", self.name, message, exc)
-        else:
-            if reply is not None:
+        if self._records:
+            # Write-ahead: the answer goes out once the change is committed.
+            self.journal.submit(self.take_records(), reply, result, error)
+        elif reply is not None:
+            if error is not None:
+                reply.fail(error)
+            else:
                 reply.set(result)
 
     async def run(self) -> None:

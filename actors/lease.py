@@ -18,6 +18,7 @@ from .clock import now_ms
 from .errors import LeaseNotActive
 from .logs import AppendChunks
 from .models import Lease, LogChunk
+from .store import put_lease
 from .workers import JobHeld, Seen
 from .workflow import JobCompleted, JobFailed
 
@@ -53,14 +54,25 @@ class Revoke:
 
 
 class LeaseActor(Actor):
-    def __init__(self, lease: Lease, run_id: int, workflow: WorkflowActor, system: System) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        run_id: int,
+        workflow: WorkflowActor,
+        system: System,
+        deadline: float | None = None,
+    ) -> None:
         super().__init__()
         self.lease = lease
         self.name = f"lease {lease.lease_id}"
         self._run_id = run_id
         self._workflow = workflow
         self._system = system
-        self._deadline = self._next_deadline()
+        self._deadline = self._next_deadline() if deadline is None else deadline
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
 
     def _next_deadline(self) -> float:
         if self._system.api_only:  # API-only mode has no lease expiry
@@ -108,12 +120,22 @@ class LeaseActor(Actor):
                 self._deadline = self._next_deadline()
                 self.lease = lease = lease.model_copy(update={"granted_at_ms": now_ms()})
                 self._seen()
+                await self._store_lease()
                 _answer(reply, lease)
                 return False
             case PushLogs(chunks):
-                self._system.logs.tell(AppendChunks((lease.workflow_id, lease.job_id), chunks))
                 self._seen()
-                _answer(reply, None)
+                try:
+                    # Asked, not told: the push is answered once the chunks are stored.
+                    with trio.CancelScope(shield=True):
+                        await self._system.logs.ask(
+                            AppendChunks((lease.workflow_id, lease.job_id), chunks)
+                        )
+                except Exception as exc:  # noqa: BLE001 - the pusher learns why
+                    if reply is not None:
+                        reply.fail(exc)
+                else:
+                    _answer(reply, None)
                 return False
             case ReportSuccess(outputs):
                 report = JobCompleted(self._run_id, lease.job_id, lease.lease_id, outputs)
@@ -136,11 +158,38 @@ class LeaseActor(Actor):
             _answer(reply, None)
         return True
 
+    async def _store_lease(self) -> None:
+        journal = self._system.journal
+        if journal is not None:
+            record = put_lease(
+                self.lease.lease_id,
+                self.lease.model_dump_json(),
+                self._run_id,
+                deadline_ms(self._deadline),
+            )
+            with trio.CancelScope(shield=True):
+                await journal.commit([record])
+
     def _seen(self) -> None:
         self._system.workers.tell(Seen(self.lease.worker_id))
 
 
 _EXPIRED = object()
+NEVER_MS = 2**62  # a deadline that never passes (API-only mode), as stored
+
+
+def deadline_ms(deadline: float) -> int:
+    """A trio-clock deadline as epoch milliseconds, for the store."""
+    if deadline == math.inf:
+        return NEVER_MS
+    return now_ms() + int((deadline - trio.current_time()) * 1000)
+
+
+def deadline_from_ms(stored_ms: int) -> float:
+    """A stored deadline back on the trio clock; one already past stays past."""
+    if stored_ms >= NEVER_MS:
+        return math.inf
+    return trio.current_time() + (stored_ms - now_ms()) / 1000
 
 
 def _answer(reply: Reply | None, value) -> None:

@@ -14,12 +14,14 @@ import trio
 
 from .actor import Actor
 from .models import LogChunk
+from .store import put_log
 
 JobKey = tuple[str, str]
 
 
 @dataclass(slots=True)
 class JobLog:
+    run_id: int = 0
     chunks: list[LogChunk] = field(default_factory=list)
     bytes: int = 0
     dropped_bytes: int = 0
@@ -40,6 +42,7 @@ class AppendChunks:
 class ResetWorkflow:
     workflow_id: str
     job_ids: list[str]
+    run_id: int
 
 
 @dataclass(slots=True)
@@ -77,6 +80,9 @@ class LogsActor(Actor):
     def handle(self, message):
         match message:
             case AppendChunks(key, chunks):
+                log = self._logs.setdefault(key, JobLog())
+                for chunk in chunks:
+                    self.record(put_log(key[0], key[1], log.run_id, chunk.model_dump_json()))
                 self._append(key, chunks)
             case ReadLog(key):
                 log = self._logs.get(key)
@@ -90,17 +96,33 @@ class LogsActor(Actor):
                     for sub in log.subscribers:
                         sub.close()
                     log.subscribers.clear()
-            case ResetWorkflow(workflow_id, job_ids):
+            case ResetWorkflow(workflow_id, job_ids, run_id):
                 for job_id in job_ids:
                     old = self._logs.pop((workflow_id, job_id), None)
                     # Open streams of a job not yet finished follow it into the new run.
-                    fresh = JobLog()
+                    fresh = JobLog(run_id=run_id)
                     if old is not None:
                         fresh.subscribers = old.subscribers
                     self._logs[(workflow_id, job_id)] = fresh
             case _:
                 raise TypeError(f"logs cannot handle {message!r}")
         return None
+
+    def restore(
+        self,
+        stored: dict[tuple[str, str, int], list[str]],
+        job_runs: dict[JobKey, int],
+        ended: list[JobKey],
+    ) -> None:
+        """Before the actor starts: the current runs' chunks, read back from the store."""
+        for key, run_id in job_runs.items():
+            self._logs[key] = JobLog(run_id=run_id)
+        for (workflow_id, job_id, run_id), chunks in stored.items():
+            if job_runs.get((workflow_id, job_id)) == run_id:
+                parsed = [LogChunk.model_validate_json(c) for c in chunks]
+                self._append((workflow_id, job_id), parsed)
+        for key in ended:
+            self._logs[key].ended = True
 
     def _append(self, key: JobKey, chunks: list[LogChunk]) -> None:
         log = self._logs.setdefault(key, JobLog())

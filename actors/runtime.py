@@ -22,7 +22,17 @@ import trio
 from .actor import Reply
 from .clock import now_ms
 from .errors import LeaseNotActive, LimitExceeded, NotFound
-from .lease import LeaseActor, PushLogs, RenewLease, ReportFailure, ReportSuccess, Revoke
+from .journal import Journal
+from .lease import (
+    LeaseActor,
+    PushLogs,
+    RenewLease,
+    ReportFailure,
+    ReportSuccess,
+    Revoke,
+    deadline_from_ms,
+    deadline_ms,
+)
 from .logs import JobEnded, LogsActor, ReadLog, ResetWorkflow, Subscribe, Subscription
 from .models import (
     Claim,
@@ -35,7 +45,8 @@ from .models import (
     WorkflowCreate,
 )
 from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, Unpark
-from .spec import DefinitionError, WorkflowSpec, spec_from_create
+from .spec import DefinitionError, WorkflowSpec, spec_from_create, spec_from_json, spec_to_json
+from .store import Snapshot, Store, drop_lease, put_workflow
 from .workers import Heartbeat, JobHeld, ListWorkers, Register, Seen, WorkerRegistry
 from .workflow import (
     CancelRun,
@@ -43,6 +54,8 @@ from .workflow import (
     GetStatusCounts,
     IsCancelled,
     JobClaimed,
+    JobState,
+    RestoredRun,
     StartRun,
     WorkflowActor,
 )
@@ -58,7 +71,9 @@ class Limits:
     max_jobs_per_workflow: int = 5_000
     max_labels: int = 64
     max_log_bytes_per_job: int = 16 * 1024 * 1024
+    # A longer `wait_secs` is shortened to this; the protocol's own bound is 60.
     max_wait_secs: float = 60.0
+    max_log_chunks_per_push: int = 10_000
 
 
 @dataclass
@@ -69,6 +84,8 @@ class System:
     logs: LogsActor
     workers: WorkerRegistry
     api_only: bool
+    journal: Journal | None = None  # None: nothing is stored
+    retain_runs: int = 3  # runs per workflow whose logs the store keeps
     leases: dict[str, LeaseActor] = field(default_factory=dict)
 
     def revoke_lease(self, lease_id: str) -> None:
@@ -79,8 +96,8 @@ class System:
     def lease_ended(self, lease_id: str) -> None:
         self.leases.pop(lease_id, None)
 
-    def logs_reset(self, workflow_id: str, job_ids: Iterable[str]) -> None:
-        self.logs.tell(ResetWorkflow(workflow_id, list(job_ids)))
+    def logs_reset(self, workflow_id: str, job_ids: Iterable[str], run_id: int) -> None:
+        self.logs.tell(ResetWorkflow(workflow_id, list(job_ids), run_id))
 
     def logs_job_ended(self, workflow_id: str, job_id: str, final: bool) -> None:
         self.logs.tell(JobEnded((workflow_id, job_id), final))
@@ -93,6 +110,7 @@ class Runtime:
         self._nursery = nursery
         self._system = system
         self.limits = limits
+        self._next_seq = 1  # creation order of API-created workflows, as stored
         # The directory of workflow actors, in creation order (files first, by name).
         self._workflows: dict[str, WorkflowActor] = {}
 
@@ -102,13 +120,14 @@ class Runtime:
 
     # --- workflows ---
 
-    def add_workflow(self, spec: WorkflowSpec) -> WorkflowActor:
+    def add_workflow(
+        self, spec: WorkflowSpec, restored: RestoredRun | None = None
+    ) -> WorkflowActor:
         if spec.id in self._workflows:
             raise DefinitionError(f"duplicate workflow id '{spec.id}'")
         if len(self._workflows) >= self.limits.max_workflows:
             raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
-        actor = WorkflowActor(spec, self._system)
-        # Logs start empty for every job of a workflow that never ran.
+        actor = WorkflowActor(spec, self._system, restored)
         self._nursery.start_soon(actor.run)
         self._workflows[spec.id] = actor
         return actor
@@ -132,8 +151,16 @@ class Runtime:
             )
         for job in body.jobs:
             if len(job.required_labels) > self.limits.max_labels:
-                raise LimitExceeded(f"job '{job.id}': limit max_labels exceeded")
+                raise LimitExceeded(
+                    f"job '{job.id}': limit max_labels ({self.limits.max_labels}) exceeded"
+                )
         spec = spec_from_create(str(uuid.uuid4()), body)
+        if len(self._workflows) >= self.limits.max_workflows:
+            raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
+        if self._system.journal is not None:
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+            with trio.CancelScope(shield=True):
+                await self._system.journal.commit([put_workflow(spec.id, seq, spec_to_json(spec))])
         self.add_workflow(spec)
         return spec.as_workflow()
 
@@ -242,23 +269,23 @@ class Runtime:
         if actor is None:
             return None
         lease_id = str(uuid.uuid4())
+        lease = Lease(
+            lease_id=lease_id,
+            job_id=job_id,
+            workflow_id=workflow_id,
+            worker_id=worker_id,
+            ttl_secs=ttl_secs,
+            granted_at_ms=now_ms(),
+        )
         try:
             # Shielded: a job is either leased or back in the queue, never lost between.
             with trio.CancelScope(shield=True):
-                accepted = await actor.ask(
-                    JobClaimed(entry.run_id, job_id, entry.attempt, lease_id)
-                )
-                if not accepted:
-                    return None
-                lease = Lease(
-                    lease_id=lease_id,
-                    job_id=job_id,
-                    workflow_id=workflow_id,
-                    worker_id=worker_id,
-                    ttl_secs=ttl_secs,
-                    granted_at_ms=now_ms(),
-                )
                 lease_actor = LeaseActor(lease, entry.run_id, actor, self._system)
+                claimed = JobClaimed(
+                    entry.run_id, job_id, entry.attempt, lease, deadline_ms(lease_actor.deadline)
+                )
+                if not await actor.ask(claimed):
+                    return None
                 self._system.leases[lease_id] = lease_actor
                 # Told before the claim is answered, so the worker reads busy at once.
                 self._system.workers.tell(JobHeld(worker_id, job_id, held=True))
@@ -267,6 +294,58 @@ class Runtime:
             self._system.scheduler.tell(Requeue(entry))
             raise
         return Claim(job=entry.job, lease=lease)
+
+    def _restore(self, snapshot: Snapshot, file_specs: list[WorkflowSpec]) -> None:
+        """Before serving: workflows, runs, queue, leases, logs and workers from the store."""
+        system = self._system
+        specs = list(file_specs)
+        for _, text in snapshot.workflows:
+            specs.append(spec_from_json(text))
+        self._next_seq = len(snapshot.workflows) + 1
+        job_runs: dict[tuple[str, str], int] = {}
+        ended: list[tuple[str, str]] = []
+        waiting: list[tuple[int, int, str, WorkflowActor]] = []
+        for order, spec in enumerate(specs):
+            restored = None
+            if spec.id in snapshot.runs:
+                run_id, run_spec = snapshot.runs[spec.id]
+                rows = snapshot.jobs.get(spec.id, {})
+                states = {j: JobState.from_row(r) for j, (run, r) in rows.items() if run == run_id}
+                restored = RestoredRun(run_id, spec_from_json(run_spec), states)
+            try:
+                actor = self.add_workflow(spec, restored)
+            except (DefinitionError, LimitExceeded) as exc:
+                log.warning("not restoring workflow %s: %s", spec.id, exc)
+                continue
+            for job_id in actor.job_ids:
+                job_runs[(spec.id, job_id)] = actor.run_id
+            ended.extend((spec.id, j) for j in actor.terminal_jobs())
+            waiting.extend((at, order, job_id, actor) for at, job_id in actor.queued_on_restore())
+        # One queue in the order jobs first entered it, across all workflows.
+        for _, _, job_id, actor in sorted(waiting, key=lambda w: w[:3]):
+            actor.requeue_restored(job_id)
+        system.logs.restore(snapshot.logs, job_runs, ended)
+        system.workers.restore(snapshot.workers)
+        stale = []
+        for lease_json, run_id, stored_deadline in snapshot.leases:
+            lease = Lease.model_validate_json(lease_json)
+            actor = self._workflows.get(lease.workflow_id)
+            if (
+                actor is None
+                or actor.run_id != run_id
+                or (actor.restored_leases().get(lease.lease_id) != lease.job_id)
+            ):
+                stale.append(drop_lease(lease.lease_id))
+                continue
+            # A deadline that passed while the server was down expires at once.
+            lease_actor = LeaseActor(
+                lease, run_id, actor, system, deadline=deadline_from_ms(stored_deadline)
+            )
+            system.leases[lease.lease_id] = lease_actor
+            system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))
+            self._nursery.start_soon(lease_actor.run)
+        if stale and system.journal is not None:
+            system.journal.submit(stale)
 
     def _lease(self, lease_id: str) -> LeaseActor:
         lease = self._system.leases.get(lease_id)
@@ -291,6 +370,10 @@ class Runtime:
 
     async def push_logs(self, lease_id: str, chunks: Iterable[LogChunkIn]) -> None:
         """Store chunks as the lease's job's, whatever ids they carry."""
+        chunks = list(chunks)
+        if len(chunks) > self.limits.max_log_chunks_per_push:
+            limit = self.limits.max_log_chunks_per_push
+            raise LimitExceeded(f"limit max_log_chunks_per_push ({limit}) exceeded")
         lease = self._lease(lease_id).lease
         now = now_ms()
         stored = [
@@ -334,29 +417,48 @@ async def open_runtime(
     specs: Iterable[WorkflowSpec] = (),
     api_only: bool = False,
     limits: Limits | None = None,
+    data_dir: str | Path | None = None,
+    retain_runs: int = 3,
     warn=None,
 ) -> AsyncIterator[Runtime]:
-    """Start the actors, load definitions, and yield the `Runtime`; stop them all on exit."""
-    limits = limits or Limits()
-    async with trio.open_nursery() as nursery:
-        system = System(
-            scheduler=Scheduler(),
-            logs=LogsActor(limits.max_log_bytes_per_job),
-            workers=WorkerRegistry(),
-            api_only=api_only,
-        )
-        for actor in (system.scheduler, system.logs, system.workers):
-            nursery.start_soon(actor.run)
-        runtime = Runtime(nursery, system, limits)
-        loaded = list(specs)
-        if workflows_dir is not None:
-            from .definitions import load_workflows_dir
+    """Start the actors, recover or load definitions, and yield the `Runtime`.
 
-            kwargs = {"warn": warn} if warn is not None else {}
-            loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
-        for spec in loaded:
-            runtime.add_workflow(spec)
-        try:
-            yield runtime
-        finally:
-            nursery.cancel_scope.cancel()
+    With `data_dir` (not ":memory:"), every change is committed to SQLite there
+    before it is acknowledged, and a restart recovers it. Raises `StoreError`
+    when the store cannot be opened or read. Every actor stops on exit.
+    """
+    limits = limits or Limits()
+    store = None
+    if data_dir is not None and str(data_dir) != ":memory:":
+        store = Store(data_dir)
+    loaded = list(specs)
+    if workflows_dir is not None:
+        from .definitions import load_workflows_dir
+
+        kwargs = {"warn": warn} if warn is not None else {}
+        loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
+    snapshot = store.load() if store is not None else Snapshot()
+    try:
+        async with trio.open_nursery() as nursery:
+            journal = Journal(store) if store is not None else None
+            system = System(
+                scheduler=Scheduler(),
+                logs=LogsActor(limits.max_log_bytes_per_job),
+                workers=WorkerRegistry(),
+                api_only=api_only,
+                journal=journal,
+                retain_runs=max(1, retain_runs),
+            )
+            system.logs.journal = system.workers.journal = journal
+            runtime = Runtime(nursery, system, limits)
+            runtime._restore(snapshot, loaded)
+            for actor in (system.scheduler, system.logs, system.workers, journal):
+                if actor is not None:
+                    nursery.start_soon(actor.run)
+            try:
+                yield runtime
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if store is not None:
+            store.close()

@@ -6,6 +6,7 @@ end here, so a cycle or an unknown dependency is refused by the same code.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,3 +131,50 @@ def _job_from_create(job: JobCreate) -> JobSpec:
         metadata=job.metadata,
         visual=visual,
     )
+
+
+def spec_to_json(spec: WorkflowSpec) -> str:
+    """The definition as JSON, for the durable store."""
+    return json.dumps(
+        {
+            "id": spec.id,
+            "name": spec.name,
+            "trigger": spec.trigger,
+            "jobs": [
+                {
+                    "id": j.id,
+                    "name": j.name,
+                    "command": j.command,
+                    "depends_on": list(j.depends_on),
+                    "required_labels": list(j.required_labels),
+                    "retry_policy": j.retry_policy.model_dump(mode="json"),
+                    "timeout_secs": j.timeout_secs,
+                    "env": j.env,
+                    "metadata": j.metadata,
+                    "visual": j.visual,
+                }
+                for j in spec.jobs
+            ],
+        },
+        separators=(",", ":"),
+    )
+
+
+def spec_from_json(text: str) -> WorkflowSpec:
+    data = json.loads(text)
+    jobs = tuple(
+        JobSpec(
+            id=j["id"],
+            name=j["name"],
+            command=j["command"],
+            depends_on=tuple(j["depends_on"]),
+            required_labels=tuple(j["required_labels"]),
+            retry_policy=RetryPolicy.model_validate(j["retry_policy"]),
+            timeout_secs=j["timeout_secs"],
+            env=j["env"],
+            metadata=j["metadata"],
+            visual=j["visual"],
+        )
+        for j in data["jobs"]
+    )
+    return WorkflowSpec(id=data["id"], name=data["name"], trigger=data["trigger"], jobs=jobs)

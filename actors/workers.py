@@ -8,6 +8,7 @@ from .actor import Actor
 from .clock import now_ms
 from .errors import NotFound
 from .models import WorkerInfo, WorkerStatus
+from .store import put_worker
 
 DEFAULT_TTL_SECS = 30
 OFFLINE_AFTER_TTLS = 3  # contract: offline when unheard for longer than 3 x its lease TTL
@@ -21,6 +22,15 @@ class WorkerRecord:
     last_heartbeat_ms: int
     ttl_secs: int = DEFAULT_TTL_SECS
     jobs: list[str] = field(default_factory=list)  # held jobs, most recent last
+
+    def to_row(self) -> dict:
+        return {
+            "worker_id": self.worker_id,
+            "labels": self.labels,
+            "registered_at_ms": self.registered_at_ms,
+            "last_heartbeat_ms": self.last_heartbeat_ms,
+            "ttl_secs": self.ttl_secs,
+        }
 
     def info(self, now: int) -> WorkerInfo:
         if now - self.last_heartbeat_ms > self.ttl_secs * OFFLINE_AFTER_TTLS * 1000:
@@ -82,6 +92,14 @@ class WorkerRegistry(Actor):
         self._workers: dict[str, WorkerRecord] = {}
 
     def handle(self, message):
+        self._dirty = False
+        result = self._handle(message)
+        if self._dirty:
+            worker_id = message.worker_id
+            self.record(put_worker(worker_id, self._workers[worker_id].to_row()))
+        return result
+
+    def _handle(self, message):
         match message:
             case Register(worker_id, labels):
                 record = self._touch(worker_id, labels)
@@ -90,6 +108,7 @@ class WorkerRegistry(Actor):
                 record = self._touch(worker_id, labels)
                 if ttl_secs is not None:
                     record.ttl_secs = ttl_secs
+                    self._dirty = True
             case Heartbeat(worker_id):
                 if worker_id not in self._workers:
                     raise NotFound(f"worker '{worker_id}' is not registered")
@@ -108,6 +127,11 @@ class WorkerRegistry(Actor):
                 raise TypeError(f"worker registry cannot handle {message!r}")
         return None
 
+    def restore(self, rows: list[dict]) -> None:
+        """Before the actor starts: the workers read back from the store."""
+        for row in rows:
+            self._workers[row["worker_id"]] = WorkerRecord(**row)
+
     def _touch(self, worker_id: str, labels: list[str] | None) -> WorkerRecord:
         now = now_ms()
         record = self._workers.get(worker_id)
@@ -118,4 +142,5 @@ class WorkerRegistry(Actor):
             record.last_heartbeat_ms = now
             if labels is not None:
                 record.labels = list(labels)
+        self._dirty = True
         return record

@@ -20,12 +20,14 @@ from .errors import Conflict, LeaseNotActive, NotFound
 from .models import (
     TERMINAL_STATUSES,
     JobStatus,
+    Lease,
     QueuedJob,
     Workflow,
     backoff_delay_secs,
 )
 from .scheduler import Enqueue, Entry, Withdraw
-from .spec import JobSpec, WorkflowSpec
+from .spec import JobSpec, WorkflowSpec, spec_to_json
+from .store import drop_lease, prune_logs, put_job, put_lease, put_run
 
 if TYPE_CHECKING:
     from .runtime import System
@@ -43,6 +45,26 @@ class JobState:
     outputs: dict[str, str] = field(default_factory=dict)
     lease_id: str | None = None
     in_queue: bool = False
+    enqueued_at_ms: int = 0
+    delayed_until_ms: int = 0
+
+    def to_row(self) -> dict:
+        return {
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "duration_secs": self.duration_secs,
+            "output": self.output,
+            "outputs": self.outputs,
+            "lease_id": self.lease_id,
+            "in_queue": self.in_queue,
+            "enqueued_at_ms": self.enqueued_at_ms,
+            "delayed_until_ms": self.delayed_until_ms,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> JobState:
+        return cls(**{**row, "status": JobStatus(row["status"])})
 
 
 # --- messages ---------------------------------------------------------------
@@ -78,7 +100,8 @@ class JobClaimed:
     run_id: int
     job_id: str
     attempt: int
-    lease_id: str
+    lease: Lease
+    deadline_ms: int
 
 
 @dataclass(slots=True)
@@ -98,26 +121,93 @@ class JobFailed:
     retryable: bool
 
 
+@dataclass(slots=True)
+class RestoredRun:
+    """A run read back from the store: its id, definition and job states."""
+
+    run_id: int
+    spec: WorkflowSpec
+    states: dict[str, JobState]
+
+
 class WorkflowActor(Actor):
-    def __init__(self, spec: WorkflowSpec, system: System) -> None:
+    def __init__(
+        self, spec: WorkflowSpec, system: System, restored: RestoredRun | None = None
+    ) -> None:
         super().__init__()
-        self.spec = spec  # immutable: safe for others to read
         self.name = f"workflow {spec.id}"
+        self.journal = system.journal
         self._system = system
+        self._run_id = 0
+        self._unfinished = 0  # jobs of the current run not yet terminal
+        self._dirty: set[str] = set()  # jobs changed by the message being handled
+        self._next_spec: WorkflowSpec | None = None
+        self._adopt(spec)
+        if restored is not None:
+            self._restore(spec, restored)
+
+    def _adopt(self, spec: WorkflowSpec) -> None:
+        self.spec = spec  # immutable: safe for others to read
         self._jobs: dict[str, JobSpec] = {j.id: j for j in spec.jobs}
         self._dependents: dict[str, list[str]] = {j.id: [] for j in spec.jobs}
         for j in spec.jobs:
             for dep in j.depends_on:
                 self._dependents[dep].append(j.id)
         self._state: dict[str, JobState] = {j.id: JobState() for j in spec.jobs}
-        self._run_id = 0
-        self._unfinished = 0  # jobs of the current run not yet terminal
+
+    def _restore(self, spec: WorkflowSpec, restored: RestoredRun) -> None:
+        active = any(s.status not in TERMINAL_STATUSES for s in restored.states.values())
+        if restored.spec != spec:
+            if not active:
+                return  # the definition changed after the run ended: show it fresh
+            # A run in progress keeps the definition it started with.
+            self._adopt(restored.spec)
+            self._next_spec = spec
+        self._run_id = restored.run_id
+        for job_id, state in restored.states.items():
+            if job_id in self._state:
+                self._state[job_id] = state
+        if active:
+            self._unfinished = sum(
+                1 for s in self._state.values() if s.status not in TERMINAL_STATUSES
+            )
+
+    def queued_on_restore(self) -> list[tuple[int, str]]:
+        """(enqueued_at_ms, job_id) of the jobs that were waiting in the queue."""
+        return [(s.enqueued_at_ms, j) for j, s in self._state.items() if s.in_queue]
+
+    def requeue_restored(self, job_id: str) -> None:
+        self._offer(self._jobs[job_id])
+
+    def restored_leases(self) -> dict[str, str]:
+        """lease_id -> job_id of the jobs that were running."""
+        return {
+            s.lease_id: j
+            for j, s in self._state.items()
+            if s.status is JobStatus.running and s.lease_id
+        }
+
+    def terminal_jobs(self) -> list[str]:
+        return [j for j, s in self._state.items() if s.status in TERMINAL_STATUSES]
+
+    @property
+    def run_id(self) -> int:
+        return self._run_id
 
     @property
     def job_ids(self):
         return self._jobs.keys()
 
     def handle(self, message):
+        try:
+            return self._handle(message)
+        finally:
+            for job_id in self._dirty:
+                state = self._state[job_id].to_row()
+                self.record(put_job(self.spec.id, job_id, self._run_id, state))
+            self._dirty.clear()
+
+    def _handle(self, message):
         match message:
             case GetStatus():
                 return self._status()
@@ -140,6 +230,12 @@ class WorkflowActor(Actor):
         return None
 
     # --- queries ---
+
+    def _release(self, state: JobState) -> None:
+        """The job's lease is over: forget it here and in the store."""
+        if state.lease_id is not None:
+            self.record(drop_lease(state.lease_id))
+            state.lease_id = None
 
     def _job_state(self, job_id: str) -> JobState:
         try:
@@ -165,10 +261,16 @@ class WorkflowActor(Actor):
     def _start_run(self) -> int:
         if self._unfinished:
             raise Conflict(f"workflow '{self.spec.id}' already has an active run")
+        if self._next_spec is not None:
+            self._adopt(self._next_spec)
+            self._next_spec = None
         self._run_id += 1
         self._state = {j.id: JobState() for j in self.spec.jobs}
+        self._dirty.update(self._state)
         self._unfinished = len(self._state)
-        self._system.logs_reset(self.spec.id, self._jobs)
+        self.record(put_run(self.spec.id, self._run_id, spec_to_json(self.spec)))
+        self.record(prune_logs(self.spec.id, self._run_id - self._system.retain_runs + 1))
+        self._system.logs_reset(self.spec.id, self._jobs, self._run_id)
         for spec in self.spec.jobs:
             if not spec.depends_on:
                 self._enqueue(spec, attempt=0, delay_secs=0)
@@ -177,17 +279,26 @@ class WorkflowActor(Actor):
     def _enqueue(self, spec: JobSpec, attempt: int, delay_secs: int) -> None:
         state = self._state[spec.id]
         state.in_queue = True
-        now = now_ms()
+        state.attempt = attempt
+        state.enqueued_at_ms = now = now_ms()
+        state.delayed_until_ms = now + delay_secs * 1000 if delay_secs else 0
+        self._dirty.add(spec.id)
+        self._offer(spec)
+
+    def _offer(self, spec: JobSpec) -> None:
+        """Hand the scheduler the job as its state says: attempt, enqueue time, delay."""
+        state = self._state[spec.id]
+        delay_secs = max(0, state.delayed_until_ms - now_ms()) / 1000
         job = QueuedJob(
             job_id=spec.id,
             workflow_id=self.spec.id,
             command=spec.command,
             required_labels=list(spec.required_labels),
             retry_policy=spec.retry_policy,
-            attempt=attempt,
+            attempt=state.attempt,
             upstream_outputs={d: dict(self._state[d].outputs) for d in spec.depends_on},
-            enqueued_at_ms=now,
-            delayed_until_ms=now + delay_secs * 1000 if delay_secs else 0,
+            enqueued_at_ms=state.enqueued_at_ms,
+            delayed_until_ms=state.delayed_until_ms,
             run_id=self._run_id,
             timeout_secs=spec.timeout_secs,
             env=spec.env,
@@ -197,7 +308,7 @@ class WorkflowActor(Actor):
                 Entry(
                     key=(self.spec.id, spec.id),
                     run_id=self._run_id,
-                    attempt=attempt,
+                    attempt=state.attempt,
                     labels=frozenset(spec.required_labels),
                     job=job,
                     due=trio.current_time() + delay_secs,
@@ -218,8 +329,10 @@ class WorkflowActor(Actor):
             return False
         state.in_queue = False
         state.status = JobStatus.running
-        state.lease_id = m.lease_id
+        state.lease_id = m.lease.lease_id
         state.started_at = now_ms()
+        self._dirty.add(m.job_id)
+        self.record(put_lease(m.lease.lease_id, m.lease.model_dump_json(), m.run_id, m.deadline_ms))
         return True
 
     def _held(self, run_id: int, job_id: str, lease_id: str) -> JobState:
@@ -254,12 +367,11 @@ class WorkflowActor(Actor):
         spec = self._jobs[m.job_id]
         if m.retryable and state.attempt < spec.retry_policy.max_retries:
             state.status = JobStatus.queued
-            state.attempt += 1
-            state.lease_id = None
+            self._release(state)
             state.started_at = None
             self._system.logs_job_ended(self.spec.id, m.job_id, final=False)
-            delay = backoff_delay_secs(spec.retry_policy.backoff, state.attempt)
-            self._enqueue(spec, attempt=state.attempt, delay_secs=delay)
+            delay = backoff_delay_secs(spec.retry_policy.backoff, state.attempt + 1)
+            self._enqueue(spec, attempt=state.attempt + 1, delay_secs=delay)
             return
         state.output = m.error
         self._finish(m.job_id, JobStatus.failure)
@@ -298,7 +410,8 @@ class WorkflowActor(Actor):
             return
         state.status = status
         state.in_queue = False
-        state.lease_id = None
+        self._release(state)
+        self._dirty.add(job_id)
         if state.started_at is not None:
             state.duration_secs = max(0, round((now_ms() - state.started_at) / 1000))
         if self._unfinished:
