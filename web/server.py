@@ -10,21 +10,34 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors import open_runtime
+from actors import Limits, open_runtime
+from actors.store import StoreError
 
-from .app import DEFAULT_MAX_BODY_BYTES, create_app
+from .app import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_SSE_STREAMS,
+    DEFAULT_SSE_MAX_SECS,
+    SSE_KEEPALIVE_SECS,
+    create_app,
+)
 
 log = logging.getLogger("workflow_graph")
 
 PORT_SEARCH_SPAN = 100
 LOCAL_WORKER_GRACE_SECS = 10
+# An idle keep-alive connection, or one still sending its request head, is closed
+# after this long: above common proxies' idle timeout, below forever.
+KEEP_ALIVE_TIMEOUT_SECS = 75
+# A request head (line and headers) bigger than this is refused. A body must arrive
+# within Quart's BODY_TIMEOUT (60 s), else 408.
+MAX_INCOMPLETE_HEAD_BYTES = 64 * 1024
 
 
 class SettingsError(ValueError):
@@ -48,6 +61,13 @@ def _number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
     return value
 
 
+def _max_wait_secs(env: Mapping[str, str]) -> float:
+    value = _number(env, "MAX_WAIT_SECS", Limits.max_wait_secs, float, 1)
+    if value > 60:
+        raise SettingsError(f"MAX_WAIT_SECS must be at most 60 (the protocol's bound), got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything `wfg serve` needs; `from_env` reads the documented variables."""
@@ -56,11 +76,23 @@ class ServerSettings:
     port: int = 3000
     workflows_dir: Path = Path("workflows")
     data_dir: str = ".wfg"
+    retain_runs: int = 3
     api_only: bool = False
     cors_origins: tuple[str, ...] = ()
     reap_interval_secs: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     local_workers: int = 0
+    # Tokens stay out of repr, so they never reach a log line.
+    api_token: str | None = field(default=None, repr=False)
+    worker_token: str | None = field(default=None, repr=False)
+    max_workflows: int = Limits.max_workflows
+    max_jobs_per_workflow: int = Limits.max_jobs_per_workflow
+    max_labels: int = Limits.max_labels
+    max_log_bytes_per_job: int = Limits.max_log_bytes_per_job
+    max_log_chunks_per_push: int = Limits.max_log_chunks_per_push
+    max_wait_secs: float = Limits.max_wait_secs
+    max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
+    sse_max_secs: float = DEFAULT_SSE_MAX_SECS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -73,11 +105,39 @@ class ServerSettings:
             port=port,
             workflows_dir=Path(env.get("WORKFLOWS_DIR", "").strip() or "workflows"),
             data_dir=env.get("DATA_DIR", "").strip() or ".wfg",
+            retain_runs=_number(env, "RETAIN_RUNS", 3, int, 1),
             api_only=_flag(env.get("API_ONLY")),
             cors_origins=origins,
             reap_interval_secs=_number(env, "REAP_INTERVAL_SECS", 5.0, float, 0.01),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024),
             local_workers=_number(env, "LOCAL_WORKERS", 0),
+            api_token=env.get("API_TOKEN", "").strip() or None,
+            worker_token=env.get("WORKER_TOKEN", "").strip() or None,
+            max_workflows=_number(env, "MAX_WORKFLOWS", Limits.max_workflows, int, 1),
+            max_jobs_per_workflow=_number(
+                env, "MAX_JOBS_PER_WORKFLOW", Limits.max_jobs_per_workflow, int, 1
+            ),
+            max_labels=_number(env, "MAX_LABELS", Limits.max_labels, int, 0),
+            max_log_bytes_per_job=_number(
+                env, "MAX_LOG_BYTES_PER_JOB", Limits.max_log_bytes_per_job, int, 1024
+            ),
+            max_log_chunks_per_push=_number(
+                env, "MAX_LOG_CHUNKS_PER_PUSH", Limits.max_log_chunks_per_push, int, 1
+            ),
+            max_wait_secs=_max_wait_secs(env),
+            max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
+            sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
+        )
+
+    def limits(self) -> Limits:
+        """The runtime's share of the limits."""
+        return Limits(
+            max_workflows=self.max_workflows,
+            max_jobs_per_workflow=self.max_jobs_per_workflow,
+            max_labels=self.max_labels,
+            max_log_bytes_per_job=self.max_log_bytes_per_job,
+            max_wait_secs=self.max_wait_secs,
+            max_log_chunks_per_push=self.max_log_chunks_per_push,
         )
 
     def with_overrides(self, *, in_memory: bool | None = None, **changes) -> ServerSettings:
@@ -153,15 +213,21 @@ async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
                     await proc.wait()
 
 
-def _hypercorn_config(sock: socket.socket) -> Config:
+def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = None) -> Config:
+    settings = settings or ServerSettings()
     config = Config()
     # Hypercorn takes the bound socket over and closes it when it stops.
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = "-"
-    config.keep_alive_timeout = 75  # above common proxies' idle timeout, below forever
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_SECS
     config.graceful_timeout = 5
-    config.h11_max_incomplete_size = 64 * 1024
+    config.h11_max_incomplete_size = MAX_INCOMPLETE_HEAD_BYTES
+    # Hypercorn's read timeout counts from the last bytes the client sent, even while
+    # an answer streams out; a log stream's client sends nothing, so the timeout sits
+    # just above the longest answer (a stream's lifetime) and only ends dead connections.
+    longest = max(settings.sse_max_secs, settings.max_wait_secs, KEEP_ALIVE_TIMEOUT_SECS)
+    config.read_timeout = int(longest + 2 * SSE_KEEPALIVE_SECS)
     return config
 
 
@@ -172,27 +238,37 @@ async def _main(settings: ServerSettings) -> None:
     async with open_runtime(
         settings.workflows_dir,
         api_only=settings.api_only,
+        data_dir=settings.data_dir,
+        retain_runs=settings.retain_runs,
+        limits=settings.limits(),
         warn=lambda line: print(line, file=sys.stderr, flush=True),
     ) as runtime:
         app = create_app(
             runtime,
             cors_origins=list(settings.cors_origins) or None,
             max_body_bytes=settings.max_body_bytes,
+            api_token=settings.api_token,
+            worker_token=settings.worker_token,
+            max_sse_streams=settings.max_sse_streams,
+            sse_max_secs=settings.sse_max_secs,
         )
         url = _url(sock)
         workflows = await runtime.list_workflows(limit=1000)
         say(f"workflow-graph: {len(workflows)} workflow(s) loaded from {settings.workflows_dir}")
         if settings.api_only:
             say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
-        if settings.data_dir != ":memory:":
-            say("workflow-graph: state is kept in memory (the durable store is not built yet)")
+        if settings.data_dir == ":memory:":
+            say("workflow-graph: state is kept in memory only (DATA_DIR=:memory:)")
+        else:
+            say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
         say(f"workflow-graph listening on {url}")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             if settings.local_workers:
                 nursery.start_soon(_run_local_workers, settings.local_workers, url, stop)
-            await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stop.wait)
+            config = _hypercorn_config(sock, settings)
+            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
             stop.set()
 
 
@@ -201,7 +277,7 @@ def serve(settings: ServerSettings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
     try:
         trio.run(_main, settings)
-    except SettingsError as exc:
+    except (SettingsError, StoreError) as exc:
         print(f"workflow-graph: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
