@@ -1,0 +1,322 @@
+"""How `wfg` shows things: tables, the run view, plain lines for pipes.
+
+Everything here takes models and returns text or rich renderables; nothing
+talks to the server. "Plain" output (stdout not a terminal, or `NO_COLOR`
+set) is whitespace-aligned text with no colour or cursor codes, so it can be
+piped, grepped and diffed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from actors.models import TERMINAL_STATUSES, Job, JobStatus, LogChunk, WorkerInfo, Workflow
+
+LOG_TAIL_LINES = 20
+
+_STYLE = {
+    JobStatus.queued: "dim",
+    JobStatus.running: "cyan",
+    JobStatus.success: "green",
+    JobStatus.failure: "bold red",
+    JobStatus.skipped: "dim",
+    JobStatus.cancelled: "yellow",
+}
+_MARK = {
+    JobStatus.queued: "○",
+    JobStatus.running: "●",
+    JobStatus.success: "✓",
+    JobStatus.failure: "✗",
+    JobStatus.skipped: "↷",
+    JobStatus.cancelled: "⊘",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Where `wfg` writes, and whether it may use colour and cursor movement."""
+
+    console: Console
+    plain: bool
+
+
+def make_output() -> Output:
+    """Rich output on a terminal; plain text when piped or when `NO_COLOR` is set."""
+    plain = bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+    if plain:
+        console = Console(no_color=True, force_terminal=False, highlight=False, soft_wrap=True)
+    else:
+        console = Console(highlight=False)
+    return Output(console=console, plain=plain)
+
+
+def dump_json(value: Any) -> str:
+    """Models (or lists of them) as the API's JSON, indented for reading."""
+    return json.dumps(TypeAdapter(Any).dump_python(value, mode="json"), indent=2)
+
+
+# --- facts derived from a workflow ------------------------------------------
+
+
+def layered(jobs: Sequence[Job]) -> list[Job]:
+    """Jobs in dependency-layer order (roots first), server order within a layer."""
+    known = {job.id for job in jobs}
+    depth: dict[str, int] = {}
+    remaining = list(jobs)
+    while remaining:
+        waiting = []
+        for job in remaining:
+            deps = [d for d in job.depends_on if d in known]
+            if all(d in depth for d in deps):
+                depth[job.id] = 1 + max((depth[d] for d in deps), default=-1)
+            else:
+                waiting.append(job)
+        if len(waiting) == len(remaining):
+            # A cycle cannot come from the server; show such jobs last rather than hang.
+            depth.update({job.id: len(jobs) for job in waiting})
+            break
+        remaining = waiting
+    order = {job.id: i for i, job in enumerate(jobs)}
+    return sorted(jobs, key=lambda job: (depth[job.id], order[job.id]))
+
+
+def run_is_over(workflow: Workflow) -> bool:
+    return all(job.status in TERMINAL_STATUSES for job in workflow.jobs)
+
+
+def run_succeeded(workflow: Workflow) -> bool:
+    return all(job.status == JobStatus.success for job in workflow.jobs)
+
+
+def workflow_state(workflow: Workflow) -> str:
+    """One word for the workflow's current run, for the list table."""
+    statuses = {job.status for job in workflow.jobs}
+    if JobStatus.running in statuses:
+        return "running"
+    if statuses <= TERMINAL_STATUSES:
+        if JobStatus.failure in statuses:
+            return "failed"
+        if JobStatus.cancelled in statuses:
+            return "cancelled"
+        return "success"
+    if statuses == {JobStatus.queued}:
+        return "queued"
+    return "running"
+
+
+def status_counts(workflow: Workflow) -> str:
+    counts: dict[str, int] = {}
+    for job in workflow.jobs:
+        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def format_duration(secs: float) -> str:
+    secs = max(0, int(secs))
+    if secs < 60:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m{secs % 60:02d}s"
+    return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def elapsed(job: Job, now: int | None = None) -> str:
+    """How long the job ran (finished) or has been running; "" before it starts."""
+    if job.status in TERMINAL_STATUSES and job.duration_secs is not None:
+        return format_duration(job.duration_secs)
+    if job.status == JobStatus.running and job.started_at is not None:
+        return format_duration(((now or now_ms()) - job.started_at) / 1000)
+    return ""
+
+
+def attempts(job: Job) -> str:
+    """`attempt 2/3` when the job may retry or has; "" for a single-shot job."""
+    if job.max_retries == 0 and job.attempt == 0:
+        return ""
+    return f"attempt {job.attempt + 1}/{job.max_retries + 1}"
+
+
+def ago(ms: int, now: int | None = None) -> str:
+    if ms <= 0:
+        return "never"
+    return format_duration(((now or now_ms()) - ms) / 1000) + " ago"
+
+
+def log_tail(chunks: Iterable[LogChunk], lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines of the job's log, stdout and stderr interleaved."""
+    text = "".join(chunk.data for chunk in sorted(chunks, key=_chunk_order))
+    return text.splitlines()[-lines:]
+
+
+def _chunk_order(chunk: LogChunk) -> tuple[int, int]:
+    return (chunk.timestamp_ms, chunk.sequence)
+
+
+# --- tables -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Rows:
+    """A table as data, so it renders as rich on a terminal and as text in a pipe."""
+
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    # Per-row rich style, ignored in plain output.
+    styles: list[str | None] = field(default_factory=list)
+
+    def add(self, *cells: str, style: str | None = None) -> None:
+        self.rows.append(list(cells))
+        self.styles.append(style)
+
+
+def print_rows(out: Output, table: Rows, title: str | None = None) -> None:
+    if out.plain:
+        if title:
+            out.console.print(title, markup=False)
+        for line in plain_lines(table):
+            out.console.print(line, markup=False)
+        return
+    rich_table = Table(title=title, title_justify="left", header_style="bold")
+    for header in table.headers:
+        rich_table.add_column(header)
+    for cells, style in zip(table.rows, table.styles, strict=True):
+        rich_table.add_row(*(escape(c) for c in cells), style=style)
+    out.console.print(rich_table)
+
+
+def plain_lines(table: Rows) -> list[str]:
+    """Columns aligned with two spaces, no borders, no trailing blanks."""
+    everything = [table.headers, *table.rows]
+    widths = [max(len(row[i]) for row in everything) for i in range(len(table.headers))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in everything
+    ]
+
+
+def workflows_rows(workflows: Iterable[Workflow]) -> Rows:
+    table = Rows(["ID", "NAME", "STATE", "JOBS", "TRIGGER"])
+    for wf in workflows:
+        table.add(wf.id, wf.name, workflow_state(wf), status_counts(wf), wf.trigger)
+    return table
+
+
+def jobs_rows(workflow: Workflow) -> Rows:
+    table = Rows(["JOB", "NAME", "STATUS", "TIME", "ATTEMPT", "NEEDS", "OUTPUT"])
+    now = now_ms()
+    for job in layered(workflow.jobs):
+        table.add(
+            job.id,
+            job.name,
+            job.status.value,
+            elapsed(job, now),
+            attempts(job),
+            ",".join(job.depends_on),
+            (job.output or "").splitlines()[0] if job.output else "",
+            style=_STYLE[job.status],
+        )
+    return table
+
+
+def workers_rows(workers: Iterable[WorkerInfo]) -> Rows:
+    table = Rows(["WORKER", "STATUS", "LABELS", "CURRENT JOB", "LAST SEEN"])
+    now = now_ms()
+    for w in workers:
+        table.add(
+            w.worker_id,
+            w.status.value,
+            ",".join(w.labels),
+            w.current_job or "",
+            ago(w.last_heartbeat_ms, now),
+        )
+    return table
+
+
+def workflow_title(workflow: Workflow) -> str:
+    trigger = f"  ({workflow.trigger})" if workflow.trigger else ""
+    return f"{workflow.name} [{workflow.id}]: {workflow_state(workflow)}{trigger}"
+
+
+# --- following a run --------------------------------------------------------
+
+
+class RunView:
+    """The live view of a run: one line per job in layer order, redrawn by `rich.live`.
+
+    Spinners are kept per job so their animation does not restart on each poll.
+    """
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self._spinners: dict[str, Spinner] = {}
+
+    def update(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+
+    def _mark(self, job: Job) -> RenderableType:
+        if job.status == JobStatus.running:
+            return self._spinners.setdefault(job.id, Spinner("dots", style="cyan"))
+        return Text(_MARK[job.status], style=_STYLE[job.status])
+
+    def __rich__(self) -> RenderableType:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(width=1)
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_column(justify="right")
+        grid.add_column(style="dim")
+        now = now_ms()
+        for job in layered(self.workflow.jobs):
+            status = Text(job.status.value, style=_STYLE[job.status])
+            grid.add_row(self._mark(job), job.id, status, elapsed(job, now), attempts(job))
+        return grid
+
+
+def change_line(job: Job) -> str:
+    """The plain line for one job status change, e.g. `build: failure (3s, attempt 2/2)`."""
+    details = [d for d in (elapsed(job), attempts(job)) if d]
+    suffix = f" ({', '.join(details)})" if details else ""
+    error = (
+        f": {job.output.splitlines()[0]}" if job.status == JobStatus.failure and job.output else ""
+    )
+    return f"{job.id}: {job.status.value}{suffix}{error}"
+
+
+def failure_report(job: Job, tail: Sequence[str], plain: bool) -> list[str]:
+    """The header and indented last log lines printed when a job fails."""
+    reason = f": {job.output.splitlines()[0]}" if job.output else ""
+    header = f"--- {job.id} failed{reason}; last {len(tail)} log line(s):"
+    bar = "  | " if plain else "  │ "
+    return (
+        [header, *(bar + line for line in tail)]
+        if tail
+        else [f"--- {job.id} failed{reason} (no log)"]
+    )
+
+
+def summary_line(workflow: Workflow, secs: float) -> str:
+    """The last line of a followed run."""
+    took = format_duration(secs)
+    if run_succeeded(workflow):
+        return f"{workflow.id}: success, {len(workflow.jobs)} job(s) in {took}"
+    failed = [j.id for j in workflow.jobs if j.status == JobStatus.failure]
+    state = "failed" if failed else workflow_state(workflow)
+    detail = f" ({', '.join(failed)})" if failed else ""
+    return f"{workflow.id}: {state}{detail}, {status_counts(workflow)} after {took}"

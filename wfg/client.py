@@ -1,0 +1,370 @@
+"""`Client` and `AsyncClient`: the REST API, typed with the wire models.
+
+Both mirror the TypeScript `WorkflowClient`: one method per endpoint, the
+answer parsed into its `actors.models` model, and every non-2xx answer raised
+as `WorkflowApiError`. A server that cannot be reached raises
+`ServerUnreachable`; both derive from `ClientError`.
+
+    with Client("http://localhost:3000") as client:
+        for workflow in client.list_workflows():
+            client.run_workflow(workflow.id)
+
+`AsyncClient` has the same methods as coroutines and works under trio or
+asyncio; the worker agent uses it for the worker protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from actors.models import Claim, LogChunk, WorkerInfo, Workflow
+
+from . import _calls as calls
+from ._calls import ChunkSource, WorkflowSource
+from ._errors import ClientError, ServerUnreachable
+from ._sse import EventParser
+
+__all__ = ["AsyncClient", "Client", "DEFAULT_SERVER_URL"]
+
+T = TypeVar("T")
+
+DEFAULT_SERVER_URL = "http://localhost:3000"
+DEFAULT_TIMEOUT_SECS = 10.0
+
+
+class _Base:
+    """What both clients share: the server URL, the tokens and error translation."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        worker_token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECS,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL).rstrip("/")
+        self._token = token if token is not None else os.environ.get("API_TOKEN") or None
+        worker = worker_token if worker_token is not None else os.environ.get("WORKER_TOKEN")
+        # A deployment with a single token uses it for the worker protocol too.
+        self._worker_token = worker or self._token
+        self._timeout = timeout
+
+    def _headers(self, call: calls.Call[Any]) -> dict[str, str]:
+        token = self._worker_token if call.worker else self._token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _request_args(self, call: calls.Call[Any]) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "headers": self._headers(call),
+            "params": call.params,
+            "timeout": self._timeout + call.extra_wait_secs,
+        }
+        body = call.json()
+        if body is not None:
+            args["json"] = body
+        return args
+
+    def _stream_args(self) -> dict[str, Any]:
+        # The stream idles between chunks (keep-alives every 15 s), so no read timeout.
+        timeout = httpx.Timeout(self._timeout, read=None)
+        return {"headers": self._headers(_READ_CALL), "timeout": timeout}
+
+    def _translate(self, exc: httpx.HTTPError) -> ClientError:
+        """The client error for a transport failure (an answer never arrived)."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return ServerUnreachable(self.base_url, _connect_reason(exc))
+        if isinstance(exc, httpx.TimeoutException):
+            return ClientError(f"server at {self.base_url} did not answer in time ({exc!r})")
+        return ClientError(f"request to {self.base_url} failed: {exc or type(exc).__name__}")
+
+
+# Streams are reads: they carry the API token.
+_READ_CALL: calls.Call[None] = calls.Call("GET", "/", calls.ignore)
+
+
+def _connect_reason(exc: httpx.HTTPError) -> str:
+    """A short human reason, e.g. `connection refused`, from a connect failure."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "unknown host"
+    # httpx messages look like "[Errno 111] Connection refused": drop the errno.
+    return text.split("] ", 1)[-1].lower()
+
+
+def _chunk_from(event_data: str) -> LogChunk:
+    try:
+        return LogChunk.model_validate_json(event_data)
+    except ValueError as exc:
+        raise ClientError(f"unexpected log event: {event_data[:200]!r}") from exc
+
+
+class Client(_Base):
+    """The synchronous client. Use as a context manager, or call `close()`.
+
+    `base_url` defaults to `SERVER_URL`, then `http://localhost:3000`; `token`
+    to `API_TOKEN` and `worker_token` to `WORKER_TOKEN`, sent as
+    `Authorization: Bearer ...` on reads/management and worker calls respectively.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        worker_token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECS,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, token=token, worker_token=worker_token, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: calls.Call[T]) -> T:
+        try:
+            response = self._http.request(call.method, call.path, **self._request_args(call))
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        calls.raise_for_status(response)
+        return call.read(response)
+
+    # --- workflows ---
+
+    def list_workflows(
+        self, *, limit: int | None = None, offset: int | None = None, status: str | None = None
+    ) -> list[Workflow]:
+        """`GET /api/workflows`; `status` keeps workflows with a job in that status."""
+        return self._send(calls.list_workflows(limit, offset, status))
+
+    def get_status(self, workflow_id: str) -> Workflow:
+        """The workflow with every job's current state."""
+        return self._send(calls.get_status(workflow_id))
+
+    def create_workflow(self, source: WorkflowSource) -> Workflow:
+        """Create from a `WorkflowCreate`, its dict, or a definition file path."""
+        return self._send(calls.create_workflow(calls.workflow_create(source)))
+
+    def run_workflow(self, workflow_id: str) -> None:
+        """Start a run (202); poll `get_status` to follow it."""
+        self._send(calls.run_workflow(workflow_id))
+
+    def cancel_workflow(self, workflow_id: str) -> None:
+        """Cancel every queued or running job of the workflow."""
+        self._send(calls.cancel_workflow(workflow_id))
+
+    # --- logs ---
+
+    def get_job_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
+        """The stored log chunks of the job's latest run."""
+        return self._send(calls.get_job_logs(workflow_id, job_id))
+
+    def stream_logs(self, workflow_id: str, job_id: str) -> Iterator[LogChunk]:
+        """Stored chunks, then live ones, until the server ends the stream.
+
+        The request is made on the first `next()`; close the generator (or let
+        the loop finish) to drop the connection.
+        """
+        with self._stream(calls.logs_path(workflow_id, job_id) + "/stream") as response:
+            parser = EventParser()
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is not None and event.event in ("log", "message"):
+                    yield _chunk_from(event.data)
+
+    @contextmanager
+    def _stream(self, path: str) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream("GET", path, **self._stream_args()) as response:
+                if not response.is_success:
+                    response.read()
+                calls.raise_for_status(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+
+    # --- workers ---
+
+    def list_workers(self) -> list[WorkerInfo]:
+        return self._send(calls.list_workers())
+
+    def register_worker(self, worker_id: str, labels: Iterable[str] = ()) -> WorkerInfo | None:
+        """Register (or refresh) a worker; the server may answer its `WorkerInfo`."""
+        return self._send(calls.register_worker(worker_id, labels))
+
+    def worker_heartbeat(self, worker_id: str) -> None:
+        self._send(calls.worker_heartbeat(worker_id))
+
+    def claim(
+        self,
+        worker_id: str,
+        labels: Iterable[str] = (),
+        lease_ttl_secs: int = 30,
+        wait_secs: float = 0,
+    ) -> Claim | None:
+        """The oldest claimable job for these labels under a new lease, or None.
+
+        `wait_secs` (extension) lets the server hold the request until a job arrives.
+        """
+        return self._send(calls.claim(worker_id, labels, lease_ttl_secs, wait_secs))
+
+    def heartbeat_lease(self, lease_id: str) -> None:
+        """Renew the lease by its TTL; 409 (`WorkflowApiError`) once it is not active."""
+        self._send(calls.heartbeat_lease(lease_id))
+
+    def complete(self, lease_id: str, outputs: Mapping[str, str] | None = None) -> None:
+        self._send(calls.complete(lease_id, outputs))
+
+    def fail(self, lease_id: str, error: str, retryable: bool = False) -> None:
+        self._send(calls.fail(lease_id, error, retryable))
+
+    def push_logs(self, lease_id: str, chunks: Iterable[ChunkSource]) -> None:
+        self._send(calls.push_logs(lease_id, chunks))
+
+    def is_cancelled(self, workflow_id: str, job_id: str) -> bool:
+        return self._send(calls.is_cancelled(workflow_id, job_id))
+
+
+class AsyncClient(_Base):
+    """The asynchronous client: `Client`'s methods as coroutines (trio or asyncio).
+
+    Use as `async with AsyncClient(...) as client:`, or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        worker_token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, token=token, worker_token=worker_token, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _send(self, call: calls.Call[T]) -> T:
+        try:
+            response = await self._http.request(call.method, call.path, **self._request_args(call))
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        calls.raise_for_status(response)
+        return call.read(response)
+
+    # --- workflows ---
+
+    async def list_workflows(
+        self, *, limit: int | None = None, offset: int | None = None, status: str | None = None
+    ) -> list[Workflow]:
+        return await self._send(calls.list_workflows(limit, offset, status))
+
+    async def get_status(self, workflow_id: str) -> Workflow:
+        return await self._send(calls.get_status(workflow_id))
+
+    async def create_workflow(self, source: WorkflowSource) -> Workflow:
+        return await self._send(calls.create_workflow(calls.workflow_create(source)))
+
+    async def run_workflow(self, workflow_id: str) -> None:
+        await self._send(calls.run_workflow(workflow_id))
+
+    async def cancel_workflow(self, workflow_id: str) -> None:
+        await self._send(calls.cancel_workflow(workflow_id))
+
+    # --- logs ---
+
+    async def get_job_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
+        return await self._send(calls.get_job_logs(workflow_id, job_id))
+
+    async def stream_logs(self, workflow_id: str, job_id: str) -> AsyncIterator[LogChunk]:
+        """Stored chunks, then live ones, until the server ends the stream.
+
+        To stop early, wrap it in `contextlib.aclosing` so the connection is
+        closed at once rather than when the generator is collected.
+        """
+        path = calls.logs_path(workflow_id, job_id) + "/stream"
+        try:
+            async with self._http.stream("GET", path, **self._stream_args()) as response:
+                if not response.is_success:
+                    await response.aread()
+                calls.raise_for_status(response)
+                parser = EventParser()
+                async for line in response.aiter_lines():
+                    event = parser.feed(line)
+                    if event is not None and event.event in ("log", "message"):
+                        yield _chunk_from(event.data)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+
+    # --- workers ---
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._send(calls.list_workers())
+
+    async def register_worker(
+        self, worker_id: str, labels: Iterable[str] = ()
+    ) -> WorkerInfo | None:
+        return await self._send(calls.register_worker(worker_id, labels))
+
+    async def worker_heartbeat(self, worker_id: str) -> None:
+        await self._send(calls.worker_heartbeat(worker_id))
+
+    async def claim(
+        self,
+        worker_id: str,
+        labels: Iterable[str] = (),
+        lease_ttl_secs: int = 30,
+        wait_secs: float = 0,
+    ) -> Claim | None:
+        return await self._send(calls.claim(worker_id, labels, lease_ttl_secs, wait_secs))
+
+    async def heartbeat_lease(self, lease_id: str) -> None:
+        await self._send(calls.heartbeat_lease(lease_id))
+
+    async def complete(self, lease_id: str, outputs: Mapping[str, str] | None = None) -> None:
+        await self._send(calls.complete(lease_id, outputs))
+
+    async def fail(self, lease_id: str, error: str, retryable: bool = False) -> None:
+        await self._send(calls.fail(lease_id, error, retryable))
+
+    async def push_logs(self, lease_id: str, chunks: Iterable[ChunkSource]) -> None:
+        await self._send(calls.push_logs(lease_id, chunks))
+
+    async def is_cancelled(self, workflow_id: str, job_id: str) -> bool:
+        return await self._send(calls.is_cancelled(workflow_id, job_id))
