@@ -1,0 +1,722 @@
+"""The worker SDK: claim jobs from a server and run them with a Python handler.
+
+    async def build(job: QueuedJob, ctx: JobContext) -> None:
+        ctx.log("building")
+        ctx.set_output("artifact", "s3://bucket/build.tar.gz")
+
+    trio.run(Worker("http://localhost:3000", labels=["linux"], handler=build).run)
+
+A handler that returns normally completes the job with the outputs it set; one
+that raises fails it (retryable, unless it raises `JobFailed(..., retryable=False)`).
+The worker does the protocol around it: it long-polls for work, renews the
+lease, watches for cancellation, streams the log, and delivers the result
+through network errors and server restarts. The shell agent (`wfg.agent`) is
+one such handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import socket
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from actors.clock import now_ms
+from actors.models import ID_PATTERN, Claim, Lease, LogChunk, LogStream, QueuedJob
+
+from ._errors import ClientError, WorkflowApiError
+from .client import AsyncClient
+
+__all__ = ["Handler", "JobContext", "JobFailed", "Worker", "WorkerError", "default_worker_id"]
+
+log = logging.getLogger("wfg.worker")
+
+Handler = Callable[[QueuedJob, "JobContext"], Awaitable[None]]
+
+# Log batching: a push goes out at most this long after its oldest line was written,
+# and carries at most this many bytes.
+LOG_BATCH_DELAY_SECS = 0.25
+LOG_BATCH_MAX_BYTES = 64 * 1024
+# One chunk's `data` at most, in characters, so a single huge write still splits.
+_CHUNK_MAX_CHARS = 16 * 1024
+# Per-chunk JSON envelope, counted against the batch limit.
+_CHUNK_OVERHEAD_BYTES = 128
+# Log kept in memory while the server cannot take it; beyond this, output is dropped
+# (and a marker line says how much) rather than letting a chatty job exhaust memory.
+_MAX_PENDING_LOG_BYTES = 8 * 1024 * 1024
+# The contract asks for the cancellation check at least every 2 s.
+CANCEL_CHECK_INTERVAL_SECS = 1.0
+# Long-poll length of a claim. Work still arrives within milliseconds (the server
+# answers as soon as a job is ready); this only bounds how long a graceful stop
+# waits for the in-flight claim, so it is kept well under a typical stop timeout.
+DEFAULT_CLAIM_WAIT_SECS = 10.0
+# After a second signal, reports get this long to reach the server.
+_ABORT_REPORT_SECS = 10.0
+# Error texts sent to the server are kept to this many characters.
+_MAX_ERROR_CHARS = 4000
+# Answers that mean the request itself is wrong: retrying cannot help.
+_FATAL_CLAIM_STATUSES = frozenset({400, 401, 403, 404, 405, 422})
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class JobFailed(Exception):
+    """Raise from a handler to fail the job with `message`, choosing whether to retry."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class WorkerError(Exception):
+    """The server refuses this worker outright (bad id, labels, token): retrying cannot help."""
+
+
+def default_worker_id() -> str:
+    """The hostname plus a short random suffix, in the server's id alphabet."""
+    host = _ID_UNSAFE.sub("-", socket.gethostname())[:100] or "worker"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+class _Backoff:
+    """Capped exponential delays with jitter, so restarted servers are not stampeded."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self._failures = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(self._failures, 30))
+        self._failures += 1
+        # "Equal jitter": never shorter than half the step, never in lockstep.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+class _LogBuffer:
+    """The job's log lines waiting to be pushed, numbered from 0 in write order.
+
+    Writes never block. `next_batch` hands out batches of at most
+    `LOG_BATCH_MAX_BYTES`, waiting no longer than `LOG_BATCH_DELAY_SECS` after the
+    oldest pending line was written, and returns `[]` once closed and empty.
+    """
+
+    def __init__(self, workflow_id: str, job_id: str) -> None:
+        self._workflow_id = workflow_id
+        self._job_id = job_id
+        self._pending: deque[tuple[float, int, LogChunk]] = deque()
+        self._pending_bytes = 0
+        self._next_sequence = 0
+        self._dropped_bytes = 0
+        self._closed = False
+        self._changed = trio.lowlevel.ParkingLot()
+
+    def write(self, data: str, stream: LogStream) -> None:
+        if self._closed or not data:
+            return
+        for start in range(0, len(data), _CHUNK_MAX_CHARS):
+            self._append(data[start : start + _CHUNK_MAX_CHARS], stream)
+        self._changed.unpark_all()
+
+    def _append(self, data: str, stream: LogStream) -> None:
+        size = len(data.encode("utf-8", "replace")) + _CHUNK_OVERHEAD_BYTES
+        if self._pending_bytes + size > _MAX_PENDING_LOG_BYTES:
+            self._dropped_bytes += size - _CHUNK_OVERHEAD_BYTES
+            return
+        if self._dropped_bytes:
+            dropped, self._dropped_bytes = self._dropped_bytes, 0
+            note = (
+                f"[wfg worker: {dropped} bytes of output dropped: the server was not taking logs]\n"
+            )
+            self._enqueue(note, LogStream.stderr, len(note) + _CHUNK_OVERHEAD_BYTES)
+        self._enqueue(data, stream, size)
+
+    def _enqueue(self, data: str, stream: LogStream, size: int) -> None:
+        chunk = LogChunk(
+            workflow_id=self._workflow_id,
+            job_id=self._job_id,
+            sequence=self._next_sequence,
+            data=data,
+            timestamp_ms=now_ms(),
+            stream=stream,
+        )
+        self._next_sequence += 1
+        self._pending.append((trio.current_time(), size, chunk))
+        self._pending_bytes += size
+
+    def close(self) -> None:
+        """No more writes; `next_batch` drains what is left without waiting."""
+        self._closed = True
+        self._changed.unpark_all()
+
+    def discard(self) -> None:
+        """Close and forget everything pending (the lease is gone, nobody will take it)."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.close()
+
+    async def next_batch(self) -> list[LogChunk]:
+        while not self._pending:
+            if self._closed:
+                return []
+            await self._changed.park()
+        with trio.move_on_at(self._pending[0][0] + LOG_BATCH_DELAY_SECS):
+            while self._pending_bytes < LOG_BATCH_MAX_BYTES and not self._closed:
+                await self._changed.park()
+        batch: list[LogChunk] = []
+        taken = 0
+        while self._pending and (not batch or taken + self._pending[0][1] <= LOG_BATCH_MAX_BYTES):
+            _, size, chunk = self._pending.popleft()
+            self._pending_bytes -= size
+            taken += size
+            batch.append(chunk)
+        return batch
+
+
+class JobContext:
+    """What a handler can do with the job it runs.
+
+    - `log(text)` / `write(data)` add to the job's log (never block, never raise
+      for network trouble); lines reach the server within about 250 ms.
+    - `set_output(key, value)` sets an output, sent with the completion.
+    - `cancelled` turns true (and `wait_cancelled()` returns) when the worker stops
+      the handler: the job was cancelled, the lease was lost, or the worker is
+      being killed. The handler's task is cancelled at the same moment, so a handler
+      only needs these to tell why, or to do cleanup in a shielded `finally`.
+
+    Call its methods from the trio thread (from a thread: `trio.from_thread.run_sync`).
+    """
+
+    def __init__(self, job: QueuedJob, lease: Lease, worker_id: str, logs: _LogBuffer) -> None:
+        self.job = job
+        self.lease = lease
+        self.worker_id = worker_id
+        self._logs = logs
+        self._outputs: dict[str, str] = {}
+        self._cancelled = trio.Event()
+        self._stop_reason: str | None = None
+
+    @property
+    def workflow_id(self) -> str:
+        return self.job.workflow_id
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def attempt(self) -> int:
+        """0 for the first try, +1 per retry."""
+        return self.job.attempt
+
+    @property
+    def lease_id(self) -> str:
+        return self.lease.lease_id
+
+    @property
+    def upstream_outputs(self) -> dict[str, dict[str, str]]:
+        return self.job.upstream_outputs
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """A copy of the outputs set so far."""
+        return dict(self._outputs)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the worker stopped the handler (`cancelled`, `lease lost`, ...), else None."""
+        return self._stop_reason
+
+    async def wait_cancelled(self) -> None:
+        await self._cancelled.wait()
+
+    def log(self, text: str, stream: str | LogStream = "stdout") -> None:
+        """Log `text` as a line (a newline is added when it has none)."""
+        self.write(text if text.endswith("\n") else text + "\n", stream)
+
+    def write(self, data: str, stream: str | LogStream = "stdout") -> None:
+        """Log `data` exactly as given (for output that arrives in pieces)."""
+        self._logs.write(data, LogStream(stream))
+
+    def set_output(self, key: str, value: str) -> None:
+        if not key:
+            raise ValueError("an output needs a non-empty key")
+        # The wire only carries strings; accept numbers and the like as their text.
+        self._outputs[key] = value if isinstance(value, str) else str(value)
+
+    def _stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._cancelled.set()
+
+
+@dataclass
+class _Outcome:
+    """What to report for a finished job: success with outputs, or a failure."""
+
+    ok: bool
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    retryable: bool = False
+
+    def describe(self) -> str:
+        if self.ok:
+            return "success"
+        kind = "retryable" if self.retryable else "final"
+        first_line = self.error.splitlines()[0] if self.error else ""
+        return f"failure ({kind}): {first_line}"
+
+
+# Why the worker stopped a handler.
+_CANCELLED = "cancelled"
+_LEASE_LOST = "lease lost"
+_ABORTED = "worker stopped"
+
+
+class _JobRun:
+    """One claimed job while this worker holds it: the lease clock and how to stop it."""
+
+    def __init__(self, claim: Claim, worker_id: str, claimed_at: float) -> None:
+        self.claim = claim
+        self.logs = _LogBuffer(claim.job.workflow_id, claim.job.job_id)
+        self.ctx = JobContext(claim.job, claim.lease, worker_id, self.logs)
+        self.handler_scope = trio.CancelScope()
+        # When the server would expire the lease if it heard nothing more: counted from
+        # when the claim was answered, then from when each successful renewal was sent.
+        self.lease_deadline = claimed_at + claim.lease.ttl_secs
+        self.report_deadline = math.inf
+        self.logs_done = trio.Event()
+        # The server answered 409 for this lease: it takes nothing more from us.
+        self.refused = False
+
+    @property
+    def lease_id(self) -> str:
+        return self.claim.lease.lease_id
+
+    @property
+    def name(self) -> str:
+        job = self.claim.job
+        return f"{job.workflow_id}/{job.job_id} attempt {job.attempt}"
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.ctx.stop_reason == _LEASE_LOST
+
+    def give_up_at(self) -> float:
+        return min(self.lease_deadline, self.report_deadline)
+
+    def stop(self, reason: str) -> None:
+        self.ctx._stop(reason)
+        self.handler_scope.cancel()
+
+    def abort(self) -> None:
+        self.report_deadline = min(self.report_deadline, trio.current_time() + _ABORT_REPORT_SECS)
+        self.stop(_ABORTED)
+
+    def refuse(self, reason: str) -> None:
+        self.refused = True
+        # Nobody will take these lines any more.
+        self.logs.discard()
+        self.stop(reason)
+
+
+class Worker:
+    """Claims jobs from `server_url` and runs each with `handler`, `concurrency` at a time.
+
+    Guarantees, per claimed job:
+
+    - the lease is renewed every third of its TTL; if the server refuses a renewal
+      (409) the handler is cancelled and nothing is reported for that job;
+    - cancellation is checked at least every 2 s; a cancelled job's handler is
+      cancelled and the job reported failed, not retryable;
+    - log lines are pushed in order, numbered from 0, in batches of at most
+      64 KiB sent within ~250 ms, and the last batch is pushed before the result;
+    - the result is retried through network errors and 5xx answers until it is
+      delivered or the lease would have expired; a 409 drops it (with a log line).
+
+    `run()` never gives up on network errors or server restarts; it raises
+    `WorkerError` only when the server rejects the worker itself (a 4xx such as
+    422 or 401 on register/claim), after letting running jobs finish.
+    `stop()` ends it gracefully (no new claims, running jobs finish), `abort()`
+    cancels running jobs and reports them failed (retryable).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        handler: Handler,
+        labels: Iterable[str] = (),
+        worker_id: str | None = None,
+        concurrency: int = 1,
+        lease_ttl_secs: int = 30,
+        poll_interval: float = 1.0,
+        token: str | None = None,
+        claim_wait_secs: float = DEFAULT_CLAIM_WAIT_SECS,
+        client: AsyncClient | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if lease_ttl_secs < 1:
+            raise ValueError("lease_ttl_secs must be at least 1")
+        self.server_url = server_url
+        self.labels = list(labels)
+        self.worker_id = worker_id or default_worker_id()
+        # The server would refuse these on every claim: say so before starting.
+        for what, value in [("worker id", self.worker_id)] + [("label", x) for x in self.labels]:
+            if not re.fullmatch(ID_PATTERN, value):
+                raise ValueError(f"invalid {what} {value!r}: use letters, digits, '.', '_', '-'")
+        self.concurrency = concurrency
+        self.lease_ttl_secs = lease_ttl_secs
+        self.poll_interval = poll_interval
+        self.claim_wait_secs = max(0.0, min(60.0, claim_wait_secs))
+        self._handler = handler
+        token = token if token is not None else os.environ.get("WORKER_TOKEN") or None
+        self._client = client or AsyncClient(server_url, worker_token=token)
+        self._owns_client = client is None
+        self._slots = trio.Semaphore(concurrency)
+        self._active: set[_JobRun] = set()
+        self._stopping = False
+        self._aborting = False
+        # Cancelled by `stop()`: covers the waits of the claim loop, never a claim request.
+        self._idle_scope: trio.CancelScope | None = None
+        # Cancelled by `abort()`: the whole claim loop, in-flight claim included.
+        self._claim_scope = trio.CancelScope()
+        self._reachable = True
+        # Set when the server refuses the worker itself; raised once running jobs are done.
+        self._fatal: WorkerError | None = None
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._active)
+
+    def stop(self) -> None:
+        """Stop claiming; `run()` returns once running jobs have finished.
+
+        An in-flight claim is allowed to finish: a job it returns is run like any other.
+        """
+        self._stopping = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    def abort(self) -> None:
+        """Stop claiming and cancel running jobs; each is reported failed, retryable."""
+        self.stop()
+        self._aborting = True
+        self._claim_scope.cancel()
+        for run in list(self._active):
+            run.abort()
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()` or `abort()`, then wait for running jobs."""
+        try:
+            async with trio.open_nursery() as jobs:
+                with self._claim_scope:
+                    await self._claim_loop(jobs)
+        finally:
+            if self._owns_client:
+                with trio.CancelScope(shield=True):
+                    await self._client.aclose()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # --- claiming ---
+
+    async def _idle(self, afn: Callable[[], Awaitable[object]]) -> bool:
+        """Await `afn()` unless `stop()` comes first; True if it ran to the end."""
+        if self._stopping:
+            return False
+        with trio.CancelScope() as scope:
+            self._idle_scope = scope
+            try:
+                await afn()
+                return True
+            finally:
+                self._idle_scope = None
+        return False
+
+    async def _claim_loop(self, jobs: trio.Nursery) -> None:
+        backoff = _Backoff()
+        registered = False
+        while not self._stopping:
+            # Only ask for work when a slot is free.
+            if not await self._idle(self._slots.acquire):
+                return
+            try:
+                if not registered:
+                    await self._client.register_worker(self.worker_id, self.labels)
+                    registered = True
+                started = trio.current_time()
+                claim = await self._client.claim(
+                    self.worker_id,
+                    self.labels,
+                    lease_ttl_secs=self.lease_ttl_secs,
+                    wait_secs=self.claim_wait_secs,
+                )
+            except WorkflowApiError as exc:
+                self._slots.release()
+                if exc.status in _FATAL_CLAIM_STATUSES:
+                    # Retrying cannot help; jobs already running still finish.
+                    self._fatal = WorkerError(f"server refused worker {self.worker_id}: {exc}")
+                    self.stop()
+                    return
+                self._unreachable(exc)
+                await self._idle(lambda: trio.sleep(backoff.next()))
+                continue
+            except ClientError as exc:
+                self._slots.release()
+                self._unreachable(exc)
+                await self._idle(lambda: trio.sleep(backoff.next()))
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            received = trio.current_time()
+            self._reached()
+            backoff.reset()
+            if claim is None:
+                self._slots.release()
+                # A server that parks claims answers null only after the wait; one that
+                # answers at once (no long-poll support) is polled at poll_interval.
+                quick = received - started < self.claim_wait_secs / 2
+                if quick or self.claim_wait_secs == 0:
+                    await self._idle(lambda: trio.sleep(self.poll_interval))
+                continue
+            # The lease clock starts at the answer: the claim may have parked a while.
+            run = _JobRun(claim, self.worker_id, received)
+            self._active.add(run)
+            jobs.start_soon(self._run_job, run)
+
+    def _unreachable(self, exc: Exception) -> None:
+        # One line when the server goes away, one when it is back: not one per retry.
+        if self._reachable:
+            log.warning("server trouble, retrying with backoff: %s", exc)
+            self._reachable = False
+
+    def _reached(self) -> None:
+        if not self._reachable:
+            log.info("server %s reachable again", self.server_url)
+            self._reachable = True
+
+    # --- one job ---
+
+    async def _run_job(self, run: _JobRun) -> None:
+        """Run one claimed job to its report. Owns the job's slot and `_active` entry."""
+        started = trio.current_time()
+        log.info("job %s started", run.name)
+        outcome: _Outcome | None = None
+        delivered = False
+        try:
+            # Cancelled (rather than left to end) once the result is in: the lease
+            # keeper and cancellation watcher have no end of their own.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_lease, run)
+                nursery.start_soon(self._watch_cancellation, run)
+                nursery.start_soon(self._push_logs, run)
+                if self._aborting:
+                    run.abort()
+                outcome = await self._call_handler(run)
+                run.logs.close()
+                await run.logs_done.wait()
+                if not run.lease_lost:
+                    delivered = await self._report(run, outcome)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._active.discard(run)
+            self._slots.release()
+        elapsed = trio.current_time() - started
+        if run.lease_lost:
+            log.info(
+                "job %s abandoned after %.1fs: lease lost, nothing reported", run.name, elapsed
+            )
+        elif outcome is not None:
+            note = "" if delivered else " (not delivered)"
+            log.info("job %s %s in %.1fs%s", run.name, outcome.describe(), elapsed, note)
+
+    async def _call_handler(self, run: _JobRun) -> _Outcome:
+        """The handler's result as an outcome; a stop by the worker overrides it."""
+        ctx = run.ctx
+        outcome: _Outcome
+        try:
+            with run.handler_scope:
+                await self._handler(run.claim.job, ctx)
+            outcome = _Outcome(ok=True, outputs=ctx.outputs)
+        except Exception as exc:
+            leaf = _sole_leaf(exc)
+            if isinstance(leaf, JobFailed):
+                outcome = _Outcome(ok=False, error=leaf.message, retryable=leaf.retryable)
+            else:
+                ctx.write("".join(traceback.format_exception(exc)), LogStream.stderr)
+                outcome = _Outcome(ok=False, error=f"{type(leaf).__name__}: {leaf}", retryable=True)
+        reason = ctx.stop_reason
+        if reason == _CANCELLED:
+            outcome = _Outcome(ok=False, error="cancelled", retryable=False)
+        elif reason == _ABORTED:
+            outcome = _Outcome(
+                ok=False, error="worker stopped before the job finished", retryable=True
+            )
+        outcome.error = outcome.error[:_MAX_ERROR_CHARS]
+        return outcome
+
+    async def _lease_refused(self, run: _JobRun) -> None:
+        """A 409 on the lease: the job is not ours any more. Say why, and stop it."""
+        if run.refused:
+            return
+        run.refused = True
+        reason = _LEASE_LOST
+        with trio.move_on_after(2):
+            try:
+                if await self._client.is_cancelled(run.claim.job.workflow_id, run.claim.job.job_id):
+                    reason = _CANCELLED
+            except ClientError:
+                pass
+        if reason == _LEASE_LOST:
+            log.warning("job %s: the server no longer holds our lease; stopping it", run.name)
+        run.refuse(reason)
+
+    async def _keep_lease(self, run: _JobRun) -> None:
+        interval = run.claim.lease.ttl_secs / 3
+        backoff = _Backoff(cap=interval)
+        delay = interval
+        while True:
+            await trio.sleep(delay)
+            sent_at = trio.current_time()
+            try:
+                with _bounded(interval):
+                    await self._client.heartbeat_lease(run.lease_id)
+            except WorkflowApiError as exc:
+                if exc.status == 409:
+                    await self._lease_refused(run)
+                    return
+                delay = backoff.next()
+                continue
+            except (ClientError, _TimedOut):
+                delay = backoff.next()
+                continue
+            run.lease_deadline = sent_at + run.claim.lease.ttl_secs
+            backoff.reset()
+            delay = interval
+
+    async def _watch_cancellation(self, run: _JobRun) -> None:
+        job = run.claim.job
+        while True:
+            await trio.sleep(CANCEL_CHECK_INTERVAL_SECS)
+            try:
+                with _bounded(CANCEL_CHECK_INTERVAL_SECS * 2):
+                    cancelled = await self._client.is_cancelled(job.workflow_id, job.job_id)
+            except (ClientError, _TimedOut):
+                continue  # unknown is not cancelled; ask again next tick
+            if cancelled:
+                log.info("job %s cancelled by the server; stopping it", run.name)
+                run.stop(_CANCELLED)
+                return
+
+    async def _push_logs(self, run: _JobRun) -> None:
+        try:
+            while batch := await run.logs.next_batch():
+                await self._push_batch(run, batch)
+        finally:
+            run.logs_done.set()
+
+    async def _push_batch(self, run: _JobRun, batch: list[LogChunk]) -> None:
+        backoff = _Backoff()
+        while not run.refused:
+            try:
+                with _bounded(30):
+                    await self._client.push_logs(run.lease_id, batch)
+                return
+            except WorkflowApiError as exc:
+                if exc.status == 409:
+                    await self._lease_refused(run)
+                    return
+                if exc.status == 413 and len(batch) > 1:
+                    half = len(batch) // 2
+                    await self._push_batch(run, batch[:half])
+                    await self._push_batch(run, batch[half:])
+                    return
+                if exc.status < 500 and exc.status not in (408, 429):
+                    log.warning("job %s: %d log chunk(s) refused: %s", run.name, len(batch), exc)
+                    return
+            except (ClientError, _TimedOut):
+                pass
+            delay = backoff.next()
+            if trio.current_time() + delay > run.give_up_at():
+                log.warning(
+                    "job %s: %d log chunk(s) dropped: server unreachable", run.name, len(batch)
+                )
+                return
+            await trio.sleep(delay)
+
+    async def _report(self, run: _JobRun, outcome: _Outcome) -> bool:
+        """Deliver the result; True once the server has it."""
+        backoff = _Backoff()
+        while True:
+            try:
+                with _bounded(30):
+                    if outcome.ok:
+                        await self._client.complete(run.lease_id, outcome.outputs)
+                    else:
+                        await self._client.fail(run.lease_id, outcome.error, outcome.retryable)
+                return True
+            except WorkflowApiError as exc:
+                if exc.status == 409:
+                    # Expected after a cancel (the server revokes the lease); news otherwise.
+                    if not run.refused and run.ctx.stop_reason != _CANCELLED:
+                        log.warning("job %s: result not accepted, lease no longer active", run.name)
+                    return False
+                if outcome.ok and exc.status == 422:
+                    # The outputs are what the server objects to: say so in a failure.
+                    outcome = _Outcome(
+                        ok=False,
+                        error=f"server refused the outputs: {exc.message}",
+                        retryable=False,
+                    )
+                    continue
+                if exc.status < 500 and exc.status not in (408, 429):
+                    log.warning("job %s: result refused: %s", run.name, exc)
+                    return False
+            except (ClientError, _TimedOut):
+                pass
+            delay = backoff.next()
+            if trio.current_time() + delay > run.give_up_at():
+                log.warning("job %s: result not delivered before the lease ran out", run.name)
+                return False
+            await trio.sleep(delay)
+
+
+class _TimedOut(Exception):
+    """A protocol call took longer than the worker can afford to wait."""
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    """Cancel the block after `seconds` and raise `_TimedOut`: no call may hang a loop."""
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise _TimedOut()
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (possibly nested) single-member groups, else `exc`."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
