@@ -44,7 +44,7 @@ from .models import (
     Workflow,
     WorkflowCreate,
 )
-from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, Unpark
+from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, StopParking, Unpark
 from .spec import DefinitionError, WorkflowSpec, spec_from_create, spec_from_json, spec_to_json
 from .store import Snapshot, Store, drop_lease, put_workflow
 from .workers import Heartbeat, JobHeld, ListWorkers, Register, Seen, WorkerRegistry
@@ -117,6 +117,10 @@ class Runtime:
     @property
     def api_only(self) -> bool:
         return self._system.api_only
+
+    @property
+    def workflow_count(self) -> int:
+        return len(self._workflows)
 
     # --- workflows ---
 
@@ -405,6 +409,10 @@ class Runtime:
         async with subscription.live:
             async for chunk in subscription.live:
                 yield chunk
+
+    async def stop_parking(self) -> None:
+        """Answer every parked claim with None now and park no more (for shutdown)."""
+        await self._system.scheduler.ask(StopParking())
 
     async def queue_stats(self) -> dict[str, int]:
         return await self._system.scheduler.ask(QueueStats())

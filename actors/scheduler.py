@@ -74,6 +74,11 @@ class QueueStats:
 
 
 @dataclass(slots=True)
+class StopParking:
+    """Shutting down: answer every parked claim with None, and park no more."""
+
+
+@dataclass(slots=True)
 class _Parked:
     labels: frozenset[str]
     reply: Reply
@@ -90,6 +95,7 @@ class Scheduler(Actor):
         self._delayed_entries: dict[JobKey, Entry] = {}
         self._parked: OrderedDict[object, _Parked] = OrderedDict()
         self._seq = itertools.count()
+        self._parking = True
 
     async def run(self) -> None:
         while True:
@@ -105,7 +111,7 @@ class Scheduler(Actor):
                 self._add(entry)
             case ClaimJob(labels, reply, park, token):
                 entry = self._take(labels)
-                if entry is not None or not park:
+                if entry is not None or not park or not self._parking:
                     reply.set(entry)
                 else:
                     self._parked[token] = _Parked(labels, reply)
@@ -116,6 +122,11 @@ class Scheduler(Actor):
             case Withdraw(keys):
                 for key in keys:
                     self._remove(key)
+            case StopParking():
+                self._parking = False
+                for parked in self._parked.values():
+                    parked.reply.set(None)
+                self._parked.clear()
             case QueueStats():
                 return {
                     "ready": len(self._ready_label),

@@ -346,3 +346,20 @@ async def test_api_only_has_no_cascade_and_no_expiry(autojump_clock):
         await rt.complete(claim.lease.lease_id, {})
         assert statuses(await rt.get_status("w")) == {"a": "success", "b": "queued"}
         assert await rt.claim("w1", []) is None
+
+
+async def test_stop_parking_answers_parked_claims_with_none(rt, autojump_clock):
+    got = []
+
+    async def claimer():
+        got.append(await rt.claim("w1", [], wait_secs=60))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(claimer)
+        await trio.sleep(1)
+        started = trio.current_time()
+        await rt.stop_parking()
+    assert got == [None]
+    assert trio.current_time() - started < 0.01
+    assert await rt.claim("w1", [], wait_secs=60) is None  # no more parking
+    assert trio.current_time() - started < 0.01

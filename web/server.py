@@ -219,7 +219,8 @@ def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = Non
     # Hypercorn takes the bound socket over and closes it when it stops.
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
-    config.errorlog = "-"
+    # A logger, not "-": hypercorn would add its own handler and every line would print twice.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_SECS
     config.graceful_timeout = 5
     config.h11_max_incomplete_size = MAX_INCOMPLETE_HEAD_BYTES
@@ -253,8 +254,7 @@ async def _main(settings: ServerSettings) -> None:
             sse_max_secs=settings.sse_max_secs,
         )
         url = _url(sock)
-        workflows = await runtime.list_workflows(limit=1000)
-        say(f"workflow-graph: {len(workflows)} workflow(s) loaded from {settings.workflows_dir}")
+        say(f"workflow-graph: {runtime.workflow_count} workflow(s) loaded")
         if settings.api_only:
             say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
         if settings.data_dir == ":memory:":
@@ -268,7 +268,13 @@ async def _main(settings: ServerSettings) -> None:
             if settings.local_workers:
                 nursery.start_soon(_run_local_workers, settings.local_workers, url, stop)
             config = _hypercorn_config(sock, settings)
-            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+
+            async def shutdown_trigger() -> None:
+                await stop.wait()
+                # Parked claims answer null now, so the graceful stop does not wait them out.
+                await runtime.stop_parking()
+
+            await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
             stop.set()
 
 
