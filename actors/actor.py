@@ -87,13 +87,17 @@ class Actor:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.debug("%s is stopped; dropped %r", self.name, message)
 
-    async def ask(self, message: Any) -> Any:
+    def post(self, message: Any) -> Reply:
+        """Send a message that wants an answer; await the returned `Reply` for it."""
         reply: Reply = Reply()
         try:
             self._outbox.send_nowait((message, reply))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise trio.ClosedResourceError(f"{self.name} is stopped") from None
-        return await reply.wait()
+        return reply
+
+    async def ask(self, message: Any) -> Any:
+        return await self.post(message).wait()
 
     def handle(self, message: Any) -> Any:
         raise NotImplementedError

@@ -29,6 +29,21 @@ class JobLog:
     subscribers: list[trio.MemorySendChannel[LogChunk]] = field(default_factory=list)
 
 
+def kept(log: JobLog) -> list[LogChunk]:
+    """The stored chunks, led by a notice when the head was dropped for the size limit."""
+    if not log.dropped_bytes or not log.chunks:
+        return list(log.chunks)
+    first = log.chunks[0]
+    notice = first.model_copy(
+        update={
+            "data": f"[workflow-graph: {log.dropped_bytes} earlier bytes of this log dropped"
+            " (limit max_log_bytes_per_job)]\n",
+            "stream": "stderr",
+        }
+    )
+    return [notice, *log.chunks]
+
+
 # --- messages ---------------------------------------------------------------
 
 
@@ -86,7 +101,7 @@ class LogsActor(Actor):
                 self._append(key, chunks)
             case ReadLog(key):
                 log = self._logs.get(key)
-                return list(log.chunks) if log else []
+                return kept(log) if log else []
             case Subscribe(key):
                 return self._subscribe(key)
             case JobEnded(key, final):
@@ -140,17 +155,11 @@ class LogsActor(Actor):
         self._trim(log)
 
     def _trim(self, log: JobLog) -> None:
-        """Past the per-job limit keep the tail, and say in the log what was dropped."""
-        if log.bytes <= self._max_bytes:
-            return
-        while log.chunks and log.bytes > self._max_bytes:
+        """Past the per-job limit keep the tail; `kept` says what was dropped."""
+        while len(log.chunks) > 1 and log.bytes > self._max_bytes:
             dropped = log.chunks.pop(0)
             log.bytes -= len(dropped.data)
             log.dropped_bytes += len(dropped.data)
-        if log.chunks:
-            first = log.chunks[0]
-            notice = f"[workflow-graph: {log.dropped_bytes} earlier bytes of this log dropped]\n"
-            log.chunks.insert(0, first.model_copy(update={"data": notice}))
 
     def _subscribe(self, key: JobKey) -> Subscription:
         log = self._logs.setdefault(key, JobLog())
@@ -159,4 +168,4 @@ class LogsActor(Actor):
             send.close()
         else:
             log.subscribers.append(send)
-        return Subscription(replay=list(log.chunks), live=receive)
+        return Subscription(replay=kept(log), live=receive)

@@ -180,11 +180,7 @@ class Runtime:
 
     async def _ask_all(self, actors: list[WorkflowActor], message_type) -> list:
         """Ask many actors at once and gather the answers in order."""
-        replies = []
-        for actor in actors:
-            reply: Reply = Reply()
-            actor._outbox.send_nowait((message_type(), reply))
-            replies.append(reply)
+        replies = [actor.post(message_type()) for actor in actors]
         return [await r.wait() for r in replies]
 
     async def get_status(self, workflow_id: str) -> Workflow:
