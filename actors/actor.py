@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("workflow_graph")
 
 T = TypeVar("T")
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]  # a nursery's start_soon
 
 
 class Reply(Generic[T]):
@@ -68,9 +70,23 @@ class Actor:
     name = "actor"
     journal: Journal | None = None  # set when state is durable
 
-    def __init__(self) -> None:
-        self._outbox, self._inbox = trio.open_memory_channel[tuple[Any, Reply | None]](math.inf)
+    def __init__(self, spawn: Spawn | None = None) -> None:
+        """With `spawn` (a nursery's `start_soon`), the mailbox and the task that reads
+        it are made on the first message: an actor never spoken to costs no task."""
+        self._spawn = spawn
+        self._outbox: trio.MemorySendChannel | None = None
+        if spawn is None:
+            self._open_mailbox()
         self._records: list[Record] = []
+
+    def _open_mailbox(self) -> None:
+        self._outbox, self._inbox = trio.open_memory_channel[tuple[Any, Reply | None]](math.inf)
+
+    def _send(self, item: tuple[Any, Reply | None]) -> None:
+        if self._outbox is None:
+            self._open_mailbox()
+            self._spawn(self.run)
+        self._outbox.send_nowait(item)
 
     def record(self, record: Record) -> None:
         """Note a change to store before the current message is answered."""
@@ -83,16 +99,16 @@ class Actor:
 
     def tell(self, message: Any) -> None:
         try:
-            self._outbox.send_nowait((message, None))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send((message, None))
+        except (trio.ClosedResourceError, trio.BrokenResourceError, RuntimeError):
             log.debug("%s is stopped; dropped %r", self.name, message)
 
     def post(self, message: Any) -> Reply:
         """Send a message that wants an answer; await the returned `Reply` for it."""
         reply: Reply = Reply()
         try:
-            self._outbox.send_nowait((message, reply))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send((message, reply))
+        except (trio.ClosedResourceError, trio.BrokenResourceError, RuntimeError):
             raise trio.ClosedResourceError(f"{self.name} is stopped") from None
         return reply
 

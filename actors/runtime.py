@@ -9,6 +9,7 @@ they turn each call into messages and await the replies.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import uuid
@@ -131,8 +132,8 @@ class Runtime:
             raise DefinitionError(f"duplicate workflow id '{spec.id}'")
         if len(self._workflows) >= self.limits.max_workflows:
             raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
-        actor = WorkflowActor(spec, self._system, restored)
-        self._nursery.start_soon(actor.run)
+        # Started on its first message: thousands of idle workflows cost no tasks.
+        actor = WorkflowActor(spec, self._system, restored, spawn=self._nursery.start_soon)
         self._workflows[spec.id] = actor
         return actor
 
@@ -171,11 +172,14 @@ class Runtime:
     async def list_workflows(
         self, limit: int = 100, offset: int = 0, status: JobStatus | None = None
     ) -> list[Workflow]:
-        actors = list(self._workflows.values())
-        if status is not None:
+        if status is None:
+            # Only the page is touched: the cost does not grow with the number of workflows.
+            page = list(itertools.islice(self._workflows.values(), offset, offset + limit))
+        else:
+            actors = list(self._workflows.values())
             counts = await self._ask_all(actors, GetStatusCounts)
-            actors = [a for a, c in zip(actors, counts, strict=True) if c.get(status)]
-        page = actors[offset : offset + limit]
+            matching = [a for a, c in zip(actors, counts, strict=True) if c.get(status)]
+            page = matching[offset : offset + limit]
         return await self._ask_all(page, GetStatus)
 
     async def _ask_all(self, actors: list[WorkflowActor], message_type) -> list:

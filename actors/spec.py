@@ -7,11 +7,20 @@ end here, so a cycle or an unknown dependency is refused by the same code.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .models import Job, JobCreate, RetryPolicy, Workflow, WorkflowCreate
+
+_EMPTY: dict = {}  # shared by every job with no env/metadata/visual: never mutated
+_POLICIES: dict[str, RetryPolicy] = {}
+
+
+def _shared_policy(policy: RetryPolicy) -> RetryPolicy:
+    """One instance per distinct retry policy (they are never mutated)."""
+    return _POLICIES.setdefault(policy.model_dump_json(), policy)
 
 
 class DefinitionError(ValueError):
@@ -31,6 +40,16 @@ class JobSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Visualizer fields (`ports`, `children`, `collapsed`) exactly as a client sent them.
     visual: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Thousands of idle workflows live in memory: share what repeats between jobs.
+        share = object.__setattr__
+        share(self, "id", sys.intern(self.id))
+        share(self, "depends_on", tuple(sys.intern(d) for d in self.depends_on))
+        share(self, "retry_policy", _shared_policy(self.retry_policy))
+        for name in ("env", "metadata", "visual"):
+            if not getattr(self, name):
+                share(self, name, _EMPTY)
 
     def as_job(self) -> Job:
         """The job as status shows it before any run: queued, attempt 0."""

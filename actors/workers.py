@@ -94,7 +94,7 @@ class WorkerRegistry(Actor):
     def handle(self, message):
         self._dirty = False
         result = self._handle(message)
-        if self._dirty:
+        if self._dirty and self.journal is not None:
             worker_id = message.worker_id
             self.record(put_worker(worker_id, self._workers[worker_id].to_row()))
         return result

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .actor import Actor
+from .actor import Actor, Spawn
 from .clock import now_ms
 from .errors import Conflict, LeaseNotActive, NotFound
 from .models import (
@@ -65,6 +65,9 @@ class JobState:
     @classmethod
     def from_row(cls, row: dict) -> JobState:
         return cls(**{**row, "status": JobStatus(row["status"])})
+
+
+NEVER_RUN = JobState()  # read-only: the state of every job before the first run
 
 
 # --- messages ---------------------------------------------------------------
@@ -132,10 +135,13 @@ class RestoredRun:
 
 class WorkflowActor(Actor):
     def __init__(
-        self, spec: WorkflowSpec, system: System, restored: RestoredRun | None = None
+        self,
+        spec: WorkflowSpec,
+        system: System,
+        restored: RestoredRun | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
-        super().__init__()
-        self.name = f"workflow {spec.id}"
+        super().__init__(spawn)
         self.journal = system.journal
         self._system = system
         self._run_id = 0
@@ -146,14 +152,27 @@ class WorkflowActor(Actor):
         if restored is not None:
             self._restore(spec, restored)
 
+    @property
+    def name(self) -> str:
+        return f"workflow {self.spec.id}"
+
     def _adopt(self, spec: WorkflowSpec) -> None:
         self.spec = spec  # immutable: safe for others to read
         self._jobs: dict[str, JobSpec] = {j.id: j for j in spec.jobs}
-        self._dependents: dict[str, list[str]] = {j.id: [] for j in spec.jobs}
+        # Only jobs that have dependents get an entry: idle workflows stay small.
+        self._dependents: dict[str, list[str]] = {}
         for j in spec.jobs:
             for dep in j.depends_on:
-                self._dependents[dep].append(j.id)
-        self._state: dict[str, JobState] = {j.id: JobState() for j in spec.jobs}
+                self._dependents.setdefault(dep, []).append(j.id)
+        # Empty until the first run: a workflow that never ran shows every job queued.
+        self._state: dict[str, JobState] = {}
+        # Per job of the current run, how many dependencies have not yet succeeded.
+        self._waiting: dict[str, int] = {}
+
+    def _materialize(self) -> dict[str, JobState]:
+        if not self._state:
+            self._state = {j.id: JobState() for j in self.spec.jobs}
+        return self._state
 
     def _restore(self, spec: WorkflowSpec, restored: RestoredRun) -> None:
         active = any(s.status not in TERMINAL_STATUSES for s in restored.states.values())
@@ -164,9 +183,11 @@ class WorkflowActor(Actor):
             self._adopt(restored.spec)
             self._next_spec = spec
         self._run_id = restored.run_id
+        states = self._materialize()
         for job_id, state in restored.states.items():
-            if job_id in self._state:
-                self._state[job_id] = state
+            if job_id in states:
+                states[job_id] = state
+        self._count_waiting()
         if active:
             self._unfinished = sum(
                 1 for s in self._state.values() if s.status not in TERMINAL_STATUSES
@@ -202,9 +223,10 @@ class WorkflowActor(Actor):
         try:
             return self._handle(message)
         finally:
-            for job_id in self._dirty:
-                state = self._state[job_id].to_row()
-                self.record(put_job(self.spec.id, job_id, self._run_id, state))
+            if self._dirty and self.journal is not None:
+                for job_id in self._dirty:
+                    state = self._state[job_id].to_row()
+                    self.record(put_job(self.spec.id, job_id, self._run_id, state))
             self._dirty.clear()
 
     def _handle(self, message):
@@ -212,6 +234,8 @@ class WorkflowActor(Actor):
             case GetStatus():
                 return self._status()
             case GetStatusCounts():
+                if not self._state:
+                    return Counter({JobStatus.queued: len(self._jobs)})
                 return Counter(s.status for s in self._state.values())
             case IsCancelled(job_id):
                 return self._job_state(job_id).status is JobStatus.cancelled
@@ -238,15 +262,14 @@ class WorkflowActor(Actor):
             state.lease_id = None
 
     def _job_state(self, job_id: str) -> JobState:
-        try:
-            return self._state[job_id]
-        except KeyError:
-            raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'") from None
+        if job_id not in self._jobs:
+            raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'")
+        return self._state.get(job_id, NEVER_RUN)
 
     def _status(self) -> Workflow:
         jobs = []
         for spec in self.spec.jobs:
-            s = self._state[spec.id]
+            s = self._state.get(spec.id, NEVER_RUN)
             job = spec.as_job()
             job.status = s.status
             job.attempt = s.attempt
@@ -268,6 +291,7 @@ class WorkflowActor(Actor):
         self._state = {j.id: JobState() for j in self.spec.jobs}
         self._dirty.update(self._state)
         self._unfinished = len(self._state)
+        self._count_waiting()
         self.record(put_run(self.spec.id, self._run_id, spec_to_json(self.spec)))
         self.record(prune_logs(self.spec.id, self._run_id - self._system.retain_runs + 1))
         self._system.logs_reset(self.spec.id, self._jobs, self._run_id)
@@ -352,15 +376,15 @@ class WorkflowActor(Actor):
         self._finish(m.job_id, JobStatus.success)
         if self._system.api_only:
             return
-        for dependent in self._dependents[m.job_id]:
-            spec = self._jobs[dependent]
+        for dependent in self._dependents.get(m.job_id, ()):
+            self._waiting[dependent] -= 1
             d_state = self._state[dependent]
             if (
-                d_state.status is JobStatus.queued
+                not self._waiting[dependent]
+                and d_state.status is JobStatus.queued
                 and not d_state.in_queue
-                and all(self._state[d].status is JobStatus.success for d in spec.depends_on)
             ):
-                self._enqueue(spec, attempt=0, delay_secs=0)
+                self._enqueue(self._jobs[dependent], attempt=0, delay_secs=0)
 
     def _failed(self, m: JobFailed) -> None:
         state = self._held(m.run_id, m.job_id, m.lease_id)
@@ -382,18 +406,26 @@ class WorkflowActor(Actor):
         """Told by a lease whose deadline passed: a retryable failure."""
         self.tell(JobFailed(run_id, job_id, lease_id, LEASE_EXPIRED, retryable=True))
 
+    def _count_waiting(self) -> None:
+        success = JobStatus.success
+        self._waiting = {
+            j.id: sum(1 for d in j.depends_on if self._state[d].status is not success)
+            for j in self.spec.jobs
+            if j.depends_on
+        }
+
     def _skip_dependents_of(self, job_id: str) -> None:
-        pending = list(self._dependents[job_id])
+        pending = list(self._dependents.get(job_id, ()))
         while pending:
             dependent = pending.pop()
             if self._state[dependent].status in TERMINAL_STATUSES:
                 continue
             self._finish(dependent, JobStatus.skipped)
-            pending.extend(self._dependents[dependent])
+            pending.extend(self._dependents.get(dependent, ()))
 
     def _cancel(self) -> None:
         withdrawn = []
-        for job_id, state in self._state.items():
+        for job_id, state in self._materialize().items():
             if state.status not in (JobStatus.queued, JobStatus.running):
                 continue
             if state.in_queue:
