@@ -411,7 +411,8 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; `run()` returns once running jobs have finished.
 
-        An in-flight claim is allowed to finish: a job it returns is run like any other.
+        A claim still parked on the server is abandoned (the server requeues what it
+        was about to hand over); a job already handed over is run like any other.
         """
         self._stopping = True
         if self._idle_scope is not None:
@@ -465,12 +466,24 @@ class Worker:
                     await self._client.register_worker(self.worker_id, self.labels)
                     registered = True
                 started = trio.current_time()
-                claim = await self._client.claim(
-                    self.worker_id,
-                    self.labels,
-                    lease_ttl_secs=self.lease_ttl_secs,
-                    wait_secs=self.claim_wait_secs,
-                )
+                answer: list[Claim | None] = []
+
+                async def claim_one(answer: list[Claim | None] = answer) -> None:
+                    answer.append(
+                        await self._client.claim(
+                            self.worker_id,
+                            self.labels,
+                            lease_ttl_secs=self.lease_ttl_secs,
+                            wait_secs=self.claim_wait_secs,
+                        )
+                    )
+
+                # stop() abandons a parked claim: the server puts back a job whose
+                # claimer went away, so stopping an idle worker is immediate.
+                if not await self._idle(claim_one):
+                    self._slots.release()
+                    return
+                claim = answer[0]
             except WorkflowApiError as exc:
                 self._slots.release()
                 if exc.status in _FATAL_CLAIM_STATUSES:
