@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .actor import Actor
-from .models import LogChunk
+from .models import LogChunk, LogStream
 from .store import put_log
 
 JobKey = tuple[str, str]
@@ -38,7 +38,7 @@ def kept(log: JobLog) -> list[LogChunk]:
         update={
             "data": f"[workflow-graph: {log.dropped_bytes} earlier bytes of this log dropped"
             " (limit max_log_bytes_per_job)]\n",
-            "stream": "stderr",
+            "stream": LogStream.stderr,
         }
     )
     return [notice, *log.chunks]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, TypeVar
+import math
+from typing import Annotated, Any, TypeVar
 
 import trio
-from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, RootModel, TypeAdapter, ValidationError
 from quart import Response, request
 from quart_cors import cors
 from quart_schema import (
@@ -21,6 +22,7 @@ from quart_schema import (
     document_request,
     document_response,
 )
+from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -50,19 +52,35 @@ from actors.models import (
 )
 from actors.spec import DefinitionError
 
+from .auth import install_auth
+
 log = logging.getLogger("workflow_graph.web")
 
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_SSE_STREAMS = 256
+DEFAULT_SSE_MAX_SECS = 3600.0
 SSE_KEEPALIVE_SECS = 15.0
 MAX_LIST_LIMIT = 1000
+# Bodies: nesting past this is refused (free-form metadata must stay serializable),
+# and so are integers a JSON (IEEE double) client cannot hold exactly.
+MAX_JSON_DEPTH = 64
+MAX_JSON_INT = 2**53 - 1
+
+
+# What `_list_query` accepts: up to 18 digits, no sign.
+QueryNumber = Annotated[int, Field(ge=0, le=10**18 - 1)]
 
 
 class ListQuery(BaseModel):
-    limit: int = 100
-    offset: int = 0
+    limit: QueryNumber = 100
+    offset: QueryNumber = 0
     status: JobStatus | None = None
+
+
+class StreamQuery(BaseModel):
+    access_token: str | None = None
 
 
 # Root models give the OpenAPI document a schema for the bare JSON answers.
@@ -73,12 +91,56 @@ WorkerList = RootModel[list[WorkerInfo]]
 LogChunkList = RootModel[list[LogChunk]]
 
 
+class EventStream(RootModel[str]):
+    """Server-Sent Events: `event: log` blocks, each a LogChunk as JSON, and comments."""
+
+
+class _Provider(OpenAPIProvider):
+    """Documents `EventStream` answers as `text/event-stream`, the rest as JSON.
+
+    Request bodies are documented as required, except `complete`'s, which may be empty.
+    """
+
+    def build_request_body(self, model, source):
+        body, definitions = super().build_request_body(model, source)
+        if model is not CompleteRequest:
+            body["required"] = True
+        return body, definitions
+
+    def build_response_object(self, model, headers_model):
+        if model is EventStream:
+            content = {"text/event-stream": {"schema": {"type": "string"}}}
+            return {"content": content, "description": EventStream.__doc__}, {}
+        return super().build_response_object(model, headers_model)
+
+
 class BadRequest(Exception):
     """Malformed JSON or query parameters (400)."""
 
 
 def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status=status, content_type="application/json")
+
+
+def _errors(*statuses: int):
+    """Document the `{"error": ...}` answers a route gives (401: when its token is set)."""
+
+    def decorate(func):
+        for status in statuses:
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorate
+
+
+def _security_docs(guarded) -> dict[str, Any]:
+    """With a token set, /docs offers an Authorize button for the bearer token."""
+    if not guarded:
+        return {}
+    return {
+        "security_schemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "security": [{"bearer": []}],
+    }
 
 
 _ADAPTERS: dict[Any, TypeAdapter] = {}
@@ -105,6 +167,50 @@ def _describe(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _refuse_constant(name: str):
+    raise BadRequest(f"malformed JSON: {name} is not a JSON value")
+
+
+def _check_values(data: Any) -> None:
+    """422 for a body nested deeper than MAX_JSON_DEPTH, with a number clients cannot
+    hold, or with text that is not Unicode (an escaped lone surrogate, `"\\ud800"`).
+
+    Free-form fields (`metadata`, visualizer fields) are stored and echoed: a value
+    that could not be serialized back, or read exactly by a JavaScript client,
+    must not get in.
+    """
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise Invalid(f"limit max_json_depth ({MAX_JSON_DEPTH}) exceeded")
+        if isinstance(value, dict):
+            for key in value:
+                _check_text(key)
+            items = value.values()
+        else:
+            items = value
+        for item in items:
+            if isinstance(item, dict | list):
+                pending.append((item, depth + 1))
+            elif isinstance(item, str):
+                _check_text(item)
+            elif isinstance(item, bool):
+                continue
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise Invalid("number out of range (too large for a JSON double)")
+            elif isinstance(item, int) and abs(item) > MAX_JSON_INT:
+                raise Invalid(f"integer out of range (more than {MAX_JSON_INT} in size)")
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid("text with an unpaired surrogate (not Unicode)") from None
+
+
 async def _body(model: type[M], *, optional: bool = False) -> M:
     """Parse and validate the JSON body; 400 when malformed, 422 when invalid."""
     raw = await request.get_data(as_text=False)
@@ -113,13 +219,15 @@ async def _body(model: type[M], *, optional: bool = False) -> M:
             return model()
         raise BadRequest("request body must be a JSON object")
     try:
-        data = json.loads(raw)
+        # Strict UTF-8 (bytes json.loads would let encoded surrogates through).
+        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise Invalid("request body must be a JSON object")
+    _check_values(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -157,8 +265,17 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     sse_keepalive_secs: float = SSE_KEEPALIVE_SECS,
+    api_token: str | None = None,
+    worker_token: str | None = None,
+    max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS,
+    sse_max_secs: float = DEFAULT_SSE_MAX_SECS,
 ) -> QuartTrio:
-    """The QuartTrio app serving the REST API over `runtime`."""
+    """The QuartTrio app serving the REST API over `runtime`.
+
+    Tokens left None leave their routes open (see `web.auth`). At most
+    `max_sse_streams` log streams are open at once (429 past it), and each
+    ends after `sse_max_secs`; an EventSource client reconnects.
+    """
     app = QuartTrio("workflow_graph")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # SSE streams end with their job, not a timer
@@ -170,8 +287,13 @@ def create_app(
         redoc_ui_path=None,
         scalar_ui_path=None,
         info={"title": "workflow-graph", "version": "0.1.0"},
+        openapi_provider_class=_Provider,
+        **_security_docs(api_token or worker_token),
     )
     app = cors(app, allow_origin=cors_origins if cors_origins else "*")
+    # First of the before_request hooks: 401 comes before any look at the body.
+    install_auth(app, api_token, worker_token)
+    streams = _StreamSlots(max_sse_streams)
 
     @app.before_request
     async def _refuse_large_bodies():
@@ -216,7 +338,7 @@ def create_app(
     @app.get("/api/workflows")
     @document_querystring(ListQuery)
     @document_response(WorkflowList, 200)
-    @document_response(ErrorBody, 400)
+    @_errors(400, 401)
     async def list_workflows():
         """List workflows in creation order, paginated, optionally by job status."""
         q = _list_query()
@@ -225,7 +347,7 @@ def create_app(
     @app.post("/api/workflows")
     @document_request(WorkflowCreate)
     @document_response(Workflow, 201)
-    @document_response(ErrorBody, 422)
+    @_errors(400, 401, 413, 422)
     async def create_workflow():
         """Create a workflow; every job starts `queued`."""
         body = await _body(WorkflowCreate)
@@ -233,14 +355,14 @@ def create_app(
 
     @app.get("/api/workflows/<workflow_id>/status")
     @document_response(Workflow, 200)
-    @document_response(ErrorBody, 404)
+    @_errors(401, 404)
     async def workflow_status(workflow_id: str):
         """The workflow with every job's state."""
         return _json(await runtime.get_status(workflow_id))
 
     @app.post("/api/workflows/<workflow_id>/run")
     @document_response(Accepted, 202)
-    @document_response(ErrorBody, 409)
+    @_errors(401, 404, 409)
     async def run_workflow(workflow_id: str):
         """Start a run: every job back to queued, root jobs enqueued."""
         run_id = await runtime.run_workflow(workflow_id)
@@ -248,7 +370,7 @@ def create_app(
 
     @app.post("/api/workflows/<workflow_id>/cancel")
     @document_response(Accepted, 202)
-    @document_response(ErrorBody, 404)
+    @_errors(401, 404)
     async def cancel_workflow(workflow_id: str):
         """Cancel every queued or running job; revokes their leases."""
         await runtime.cancel_workflow(workflow_id)
@@ -259,6 +381,7 @@ def create_app(
     @app.post("/api/workers/register")
     @document_request(RegisterRequest)
     @document_response(WorkerInfo, 200)
+    @_errors(400, 401, 413, 422)
     async def register_worker():
         """Register a worker (or refresh it) with its labels."""
         body = await _body(RegisterRequest)
@@ -266,13 +389,14 @@ def create_app(
 
     @app.get("/api/workers")
     @document_response(WorkerList, 200)
+    @_errors(401)
     async def list_workers():
         """Every registered worker with its status and current job."""
         return _json(await runtime.list_workers())
 
     @app.post("/api/workers/<worker_id>/heartbeat")
     @document_response(WorkerInfo, 200)
-    @document_response(ErrorBody, 404)
+    @_errors(401, 404)
     async def worker_heartbeat(worker_id: str):
         """Tell the server the worker is alive."""
         return _json(await runtime.worker_heartbeat(worker_id))
@@ -282,6 +406,7 @@ def create_app(
     @app.post("/api/jobs/claim")
     @document_request(ClaimRequest)
     @document_response(ClaimAnswer, 200)
+    @_errors(400, 401, 413, 422)
     async def claim_job():
         """Claim the oldest job the worker's labels allow, or null."""
         body = await _body(ClaimRequest)
@@ -292,7 +417,7 @@ def create_app(
 
     @app.post("/api/jobs/<lease_id>/heartbeat")
     @document_response(Lease, 200)
-    @document_response(ErrorBody, 409)
+    @_errors(401, 409)
     async def lease_heartbeat(lease_id: str):
         """Renew the lease by its own TTL."""
         return _json(await runtime.heartbeat(lease_id))
@@ -300,7 +425,7 @@ def create_app(
     @app.post("/api/jobs/<lease_id>/complete")
     @document_request(CompleteRequest)
     @document_response(Accepted, 200)
-    @document_response(ErrorBody, 409)
+    @_errors(400, 401, 409, 413, 422)
     async def complete_job(lease_id: str):
         """Report success with string outputs."""
         body = await _body(CompleteRequest, optional=True)
@@ -310,7 +435,7 @@ def create_app(
     @app.post("/api/jobs/<lease_id>/fail")
     @document_request(FailRequest)
     @document_response(Accepted, 200)
-    @document_response(ErrorBody, 409)
+    @_errors(400, 401, 409, 413, 422)
     async def fail_job(lease_id: str):
         """Report failure; `retryable` asks for a retry within the job's budget."""
         body = await _body(FailRequest)
@@ -320,7 +445,7 @@ def create_app(
     @app.post("/api/jobs/<lease_id>/logs")
     @document_request(LogsRequest)
     @document_response(Accepted, 200)
-    @document_response(ErrorBody, 409)
+    @_errors(400, 401, 409, 413, 422)
     async def push_logs(lease_id: str):
         """Append log chunks to the lease's job."""
         body = await _body(LogsRequest)
@@ -329,7 +454,7 @@ def create_app(
 
     @app.get("/api/jobs/<workflow_id>/<job_id>/cancelled")
     @document_response(CancelledAnswer, 200)
-    @document_response(ErrorBody, 404)
+    @_errors(401, 404)
     async def job_cancelled(workflow_id: str, job_id: str):
         """True exactly when the job's status is cancelled."""
         return _json(await runtime.is_cancelled(workflow_id, job_id))
@@ -338,22 +463,33 @@ def create_app(
 
     @app.get("/api/workflows/<workflow_id>/jobs/<job_id>/logs")
     @document_response(LogChunkList, 200)
-    @document_response(ErrorBody, 404)
+    @_errors(401, 404)
     async def job_logs(workflow_id: str, job_id: str):
         """Every stored chunk of the job's latest run."""
         return _json(await runtime.get_logs(workflow_id, job_id))
 
     @app.get("/api/workflows/<workflow_id>/jobs/<job_id>/logs/stream")
-    @document_response(ErrorBody, 404)
+    @document_querystring(StreamQuery)
+    @document_response(EventStream, 200)
+    @_errors(401, 404, 429)
     async def job_log_stream(workflow_id: str, job_id: str):
         """Server-Sent Events: replay, then live chunks, ending after the job ends."""
         subscription = await runtime.subscribe_logs(workflow_id, job_id)
+        if not streams.acquire():
+            subscription.live.close()
+            response = _error(429, f"limit max_sse_streams ({max_sse_streams}) reached")
+            response.headers["Retry-After"] = "5"
+            return response
+        body = _LogStream(subscription, streams.release, sse_keepalive_secs, sse_max_secs)
         return Response(
-            _sse(subscription, sse_keepalive_secs),
+            body,
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    from .dashboard import register_dashboard
+
+    register_dashboard(app, runtime)
     return app
 
 
@@ -361,18 +497,82 @@ def _sse_event(chunk: LogChunk) -> bytes:
     return f"event: log\nid: {chunk.sequence}\ndata: {chunk.model_dump_json()}\n\n".encode()
 
 
-async def _sse(subscription, keepalive_secs: float):
+async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
+    """Replay, then live chunks until the job ends or the stream has lived `max_secs`."""
+    deadline = trio.current_time() + max_secs
     for chunk in subscription.replay:
         yield _sse_event(chunk)
     live = subscription.live
     async with live:
         while True:
-            with trio.move_on_after(keepalive_secs) as idle:
+            if trio.current_time() >= deadline:
+                # A clean end; an EventSource reconnects and gets a fresh replay.
+                yield b": stream lifetime reached, reconnect\n\n"
+                return
+            with trio.move_on_at(min(trio.current_time() + keepalive_secs, deadline)) as idle:
                 try:
                     chunk = await live.receive()
                 except trio.EndOfChannel:
                     return
             if idle.cancelled_caught:
-                yield b": keep-alive\n\n"
+                if trio.current_time() < deadline:
+                    yield b": keep-alive\n\n"
             else:
                 yield _sse_event(chunk)
+
+
+class _StreamSlots:
+    """A count of open log streams, bounded by `max_sse_streams`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def acquire(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class _LogStream:
+    """The body of one SSE answer: gives its slot back exactly once, however it ends.
+
+    Quart closes the body when the answer ends or the client goes away; a body
+    never started (the client left before the first byte) is let go when
+    collected, so its slot is not lost either.
+    """
+
+    def __init__(self, subscription, release, keepalive_secs: float, max_secs: float) -> None:
+        self._subscription = subscription
+        self._events = _sse(subscription, keepalive_secs, max_secs)
+        self._release = release
+        self._done = False
+
+    def __aiter__(self) -> _LogStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._events.__anext__()
+        except BaseException:
+            self._end()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if not self._done:
+            self._done = True
+            self._subscription.live.close()
+            self._release()
+
+    def __del__(self) -> None:
+        self._end()
