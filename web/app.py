@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import trio
-from pydantic import BaseModel, Field, RootModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, RootModel
 from quart import Response, request
 from quart_cors import cors
 from quart_schema import (
@@ -28,10 +28,6 @@ from werkzeug.exceptions import HTTPException
 
 from actors import Runtime
 from actors.errors import (
-    Conflict,
-    Invalid,
-    LimitExceeded,
-    NotFound,
     WorkflowGraphError,
 )
 from actors.models import (
@@ -52,21 +48,19 @@ from actors.models import (
 )
 from actors.spec import DefinitionError
 
-from .auth import install_auth
+from . import protocol
+from .auth import TokenGuard, install_auth
+from .fastpath import ProtocolFastPath
+from .wire import BadRequest, M, dump, error_answer, parse_body
 
 log = logging.getLogger("workflow_graph.web")
 
-M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_SSE_STREAMS = 256
 DEFAULT_SSE_MAX_SECS = 3600.0
 SSE_KEEPALIVE_SECS = 15.0
 MAX_LIST_LIMIT = 1000
-# Bodies: nesting past this is refused (free-form metadata must stay serializable),
-# and so are integers a JSON (IEEE double) client cannot hold exactly.
-MAX_JSON_DEPTH = 64
-MAX_JSON_INT = 2**53 - 1
 
 
 # What `_list_query` accepts: up to 18 digits, no sign.
@@ -114,8 +108,13 @@ class _Provider(OpenAPIProvider):
         return super().build_response_object(model, headers_model)
 
 
-class BadRequest(Exception):
-    """Malformed JSON or query parameters (400)."""
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(dump(value), status=status, content_type="application/json")
+
+
+async def _body(model: type[M], *, optional: bool = False) -> M:
+    """Parse and validate the request's JSON body; 400 when malformed, 422 when invalid."""
+    return parse_body(await request.get_data(as_text=False), model, optional=optional)
 
 
 def _error(status: int, message: str) -> Response:
@@ -141,99 +140,6 @@ def _security_docs(guarded) -> dict[str, Any]:
         "security_schemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "security": [{"bearer": []}],
     }
-
-
-_ADAPTERS: dict[Any, TypeAdapter] = {}
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    """Serialize a model, a list of models, None, or a plain dict as JSON."""
-    if isinstance(value, BaseModel):
-        body = value.model_dump_json()
-    elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        kind = type(value[0])
-        adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(list[kind]))
-        body = adapter.dump_json(value).decode()
-    else:
-        body = json.dumps(value)
-    return Response(body, status=status, content_type="application/json")
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid request: " + "; ".join(parts)
-
-
-def _refuse_constant(name: str):
-    raise BadRequest(f"malformed JSON: {name} is not a JSON value")
-
-
-def _check_values(data: Any) -> None:
-    """422 for a body nested deeper than MAX_JSON_DEPTH, with a number clients cannot
-    hold, or with text that is not Unicode (an escaped lone surrogate, `"\\ud800"`).
-
-    Free-form fields (`metadata`, visualizer fields) are stored and echoed: a value
-    that could not be serialized back, or read exactly by a JavaScript client,
-    must not get in.
-    """
-    pending = [(data, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise Invalid(f"limit max_json_depth ({MAX_JSON_DEPTH}) exceeded")
-        if isinstance(value, dict):
-            for key in value:
-                _check_text(key)
-            items = value.values()
-        else:
-            items = value
-        for item in items:
-            if isinstance(item, dict | list):
-                pending.append((item, depth + 1))
-            elif isinstance(item, str):
-                _check_text(item)
-            elif isinstance(item, bool):
-                continue
-            elif isinstance(item, float) and not math.isfinite(item):
-                raise Invalid("number out of range (too large for a JSON double)")
-            elif isinstance(item, int) and abs(item) > MAX_JSON_INT:
-                raise Invalid(f"integer out of range (more than {MAX_JSON_INT} in size)")
-
-
-def _check_text(text: str) -> None:
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Invalid("text with an unpaired surrogate (not Unicode)") from None
-
-
-async def _body(model: type[M], *, optional: bool = False) -> M:
-    """Parse and validate the JSON body; 400 when malformed, 422 when invalid."""
-    raw = await request.get_data(as_text=False)
-    if not raw.strip():
-        if optional:
-            return model()
-        raise BadRequest("request body must be a JSON object")
-    try:
-        # Strict UTF-8 (bytes json.loads would let encoded surrogates through).
-        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("malformed JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise Invalid("request body must be a JSON object")
-    _check_values(data)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise Invalid(_describe(exc)) from None
-    except RecursionError:
-        raise Invalid("request body nested too deeply") from None
 
 
 def _list_query() -> ListQuery:
@@ -292,7 +198,8 @@ def create_app(
     )
     app = cors(app, allow_origin=cors_origins if cors_origins else "*")
     # First of the before_request hooks: 401 comes before any look at the body.
-    install_auth(app, api_token, worker_token)
+    guard = TokenGuard(api_token, worker_token)
+    install_auth(app, guard)
     streams = _StreamSlots(max_sse_streams)
 
     @app.before_request
@@ -305,22 +212,10 @@ def create_app(
     # --- errors ---
 
     @app.errorhandler(BadRequest)
-    async def _bad_request(exc: BadRequest):
-        return _error(400, str(exc))
-
     @app.errorhandler(WorkflowGraphError)
-    async def _domain_error(exc: WorkflowGraphError):
-        if isinstance(exc, NotFound):
-            return _error(404, str(exc))
-        if isinstance(exc, Conflict):
-            return _error(409, str(exc))
-        if isinstance(exc, LimitExceeded):
-            return _error(413 if exc.size else 422, str(exc))
-        return _error(422, str(exc))
-
     @app.errorhandler(DefinitionError)
-    async def _definition_error(exc: DefinitionError):
-        return _error(422, f"invalid workflow: {exc}")
+    async def _request_error(exc: Exception):
+        return _error(*error_answer(exc))
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException):
@@ -409,18 +304,14 @@ def create_app(
     @_errors(400, 401, 413, 422)
     async def claim_job():
         """Claim the oldest job the worker's labels allow, or null."""
-        body = await _body(ClaimRequest)
-        claim = await runtime.claim(
-            body.worker_id, body.labels, body.lease_ttl_secs, body.wait_secs
-        )
-        return _json(claim)
+        return _json(await protocol.claim(runtime, await request.get_data()))
 
     @app.post("/api/jobs/<lease_id>/heartbeat")
     @document_response(Lease, 200)
     @_errors(401, 409)
     async def lease_heartbeat(lease_id: str):
         """Renew the lease by its own TTL."""
-        return _json(await runtime.heartbeat(lease_id))
+        return _json(await protocol.heartbeat(runtime, lease_id, b""))
 
     @app.post("/api/jobs/<lease_id>/complete")
     @document_request(CompleteRequest)
@@ -428,9 +319,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def complete_job(lease_id: str):
         """Report success with string outputs."""
-        body = await _body(CompleteRequest, optional=True)
-        await runtime.complete(lease_id, body.outputs)
-        return _json({})
+        return _json(await protocol.complete(runtime, lease_id, await request.get_data()))
 
     @app.post("/api/jobs/<lease_id>/fail")
     @document_request(FailRequest)
@@ -438,9 +327,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def fail_job(lease_id: str):
         """Report failure; `retryable` asks for a retry within the job's budget."""
-        body = await _body(FailRequest)
-        await runtime.fail(lease_id, body.error, body.retryable)
-        return _json({})
+        return _json(await protocol.fail(runtime, lease_id, await request.get_data()))
 
     @app.post("/api/jobs/<lease_id>/logs")
     @document_request(LogsRequest)
@@ -448,9 +335,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def push_logs(lease_id: str):
         """Append log chunks to the lease's job."""
-        body = await _body(LogsRequest)
-        await runtime.push_logs(lease_id, body.chunks)
-        return _json({})
+        return _json(await protocol.push_logs(runtime, lease_id, await request.get_data()))
 
     @app.get("/api/jobs/<workflow_id>/<job_id>/cancelled")
     @document_response(CancelledAnswer, 200)
@@ -490,6 +375,13 @@ def create_app(
     from .dashboard import register_dashboard
 
     register_dashboard(app, runtime)
+    app.asgi_app = ProtocolFastPath(
+        app.asgi_app,
+        runtime,
+        guard,
+        max_body_bytes=max_body_bytes,
+        cors_origins=cors_origins,
+    )
     return app
 
 

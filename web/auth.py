@@ -55,42 +55,63 @@ def route_scope(rule: str | None, path: str) -> str:
     return "public"
 
 
-def _presented_token(allow_query: bool) -> bytes | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.strip().partition(" ")
+def presented_token(authorization: str, query_token: str | None) -> bytes | None:
+    """The token a request carries: its Bearer header, else the query form if allowed."""
+    scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         # Headers arrive as latin-1 text; these are the bytes the client sent.
         return value.strip().encode("latin-1", "replace")
-    if allow_query:
-        query = request.args.get("access_token")
-        if query:
-            return query.encode()
+    if query_token:
+        return query_token.encode()
     return None
 
 
-def _unauthorized(message: str, error_code: str | None) -> Response:
-    challenge = 'Bearer realm="workflow-graph"'
+def challenge(error_code: str | None) -> str:
+    """The `WWW-Authenticate` value of a 401."""
+    value = 'Bearer realm="workflow-graph"'
     if error_code:
-        challenge += f', error="{error_code}"'
+        value += f', error="{error_code}"'
+    return value
+
+
+class TokenGuard:
+    """Decides whether a request may reach a route; None or empty tokens guard nothing."""
+
+    def __init__(self, api_token: str | None, worker_token: str | None) -> None:
+        self._secrets = {
+            "api": _secret(api_token),
+            "worker": _secret(worker_token) or _secret(api_token),
+        }
+        self.active = any(self._secrets.values())
+
+    def refusal(self, scope: str, presented: bytes | None) -> tuple[str, str | None] | None:
+        """None when the request may pass, else the 401's message and error code."""
+        secret = self._secrets.get(scope)
+        if secret is None:
+            return None
+        if presented is None:
+            return f"this route needs the {scope} token (Bearer)", None
+        if not hmac.compare_digest(presented, secret):
+            return f"the {scope} token is not valid", "invalid_token"
+        return None
+
+
+def _unauthorized(message: str, error_code: str | None) -> Response:
     return Response(
         json.dumps({"error": message}),
         status=401,
         content_type="application/json",
-        headers={"WWW-Authenticate": challenge},
+        headers={"WWW-Authenticate": challenge(error_code)},
     )
 
 
-def install_auth(app: Quart, api_token: str | None, worker_token: str | None) -> None:
-    """Guard `app`'s routes with the tokens; a None or empty token leaves its routes open.
+def install_auth(app: Quart, guard: TokenGuard) -> None:
+    """Guard `app`'s routes with the guard's tokens.
 
     Call it before any other `before_request` hook that reads the request, so
     a request without its token gets 401 before anything else is checked.
     """
-    secrets = {
-        "api": _secret(api_token),
-        "worker": _secret(worker_token) or _secret(api_token),
-    }
-    if not any(secrets.values()):
+    if not guard.active:
         return
 
     @app.before_request
@@ -98,17 +119,13 @@ def install_auth(app: Quart, api_token: str | None, worker_token: str | None) ->
         if request.method == "OPTIONS":
             return None
         rule = request.url_rule.rule if request.url_rule is not None else None
-        scope = route_scope(rule, request.path)
-        secret = secrets.get(scope)
-        if secret is None:
-            return None
         allow_query = (rule or request.path).endswith(QUERY_TOKEN_SUFFIX)
-        presented = _presented_token(allow_query)
-        if presented is None:
-            return _unauthorized(f"this route needs the {scope} token (Bearer)", None)
-        if not hmac.compare_digest(presented, secret):
-            return _unauthorized(f"the {scope} token is not valid", "invalid_token")
-        return None
+        presented = presented_token(
+            request.headers.get("Authorization", ""),
+            request.args.get("access_token") if allow_query else None,
+        )
+        refused = guard.refusal(route_scope(rule, request.path), presented)
+        return _unauthorized(*refused) if refused else None
 
 
-__all__ = ["install_auth", "route_scope"]
+__all__ = ["TokenGuard", "challenge", "install_auth", "presented_token", "route_scope"]
