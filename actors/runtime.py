@@ -130,12 +130,15 @@ class Runtime:
     ) -> WorkflowActor:
         if spec.id in self._workflows:
             raise DefinitionError(f"duplicate workflow id '{spec.id}'")
-        if len(self._workflows) >= self.limits.max_workflows:
-            raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
+        self._check_room()
         # Started on its first message: thousands of idle workflows cost no tasks.
         actor = WorkflowActor(spec, self._system, restored, spawn=self._nursery.start_soon)
         self._workflows[spec.id] = actor
         return actor
+
+    def _check_room(self) -> None:
+        if len(self._workflows) >= self.limits.max_workflows:
+            raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
 
     def _workflow(self, workflow_id: str) -> WorkflowActor:
         try:
@@ -155,13 +158,9 @@ class Runtime:
                 f"limit max_jobs_per_workflow ({self.limits.max_jobs_per_workflow}) exceeded"
             )
         for job in body.jobs:
-            if len(job.required_labels) > self.limits.max_labels:
-                raise LimitExceeded(
-                    f"job '{job.id}': limit max_labels ({self.limits.max_labels}) exceeded"
-                )
+            self._check_labels(job.required_labels, where=f"job '{job.id}': ")
         spec = spec_from_create(str(uuid.uuid4()), body)
-        if len(self._workflows) >= self.limits.max_workflows:
-            raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
+        self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
             with trio.CancelScope(shield=True):
@@ -212,9 +211,9 @@ class Runtime:
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._system.workers.ask(ListWorkers())
 
-    def _check_labels(self, labels: list[str]) -> None:
+    def _check_labels(self, labels: list[str], where: str = "") -> None:
         if len(labels) > self.limits.max_labels:
-            raise LimitExceeded(f"limit max_labels ({self.limits.max_labels}) exceeded")
+            raise LimitExceeded(f"{where}limit max_labels ({self.limits.max_labels}) exceeded")
 
     # --- the worker protocol ---
 

@@ -51,7 +51,7 @@ from actors.spec import DefinitionError
 from . import protocol
 from .auth import TokenGuard, install_auth
 from .fastpath import ProtocolFastPath
-from .wire import BadRequest, M, dump, error_answer, parse_body
+from .wire import BadRequest, M, body_too_large, dump, error_answer, parse_body
 
 log = logging.getLogger("workflow_graph.web")
 
@@ -206,7 +206,7 @@ def create_app(
     async def _refuse_large_bodies():
         length = request.content_length
         if length is not None and length > max_body_bytes:
-            return _error(413, f"request body exceeds the limit max_body_bytes ({max_body_bytes})")
+            return _error(413, body_too_large(max_body_bytes))
         return None
 
     # --- errors ---
@@ -220,7 +220,7 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException):
         if exc.code == 413:
-            return _error(413, f"request body exceeds the limit max_body_bytes ({max_body_bytes})")
+            return _error(413, body_too_large(max_body_bytes))
         return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)

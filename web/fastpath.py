@@ -21,7 +21,7 @@ from actors import Runtime
 
 from . import protocol
 from .auth import TokenGuard, challenge, presented_token
-from .wire import BadRequest, dump, error_answer, error_body
+from .wire import BadRequest, body_too_large, dump, error_answer, error_body
 
 log = logging.getLogger("workflow_graph.web")
 
@@ -82,8 +82,7 @@ class ProtocolFastPath:
         except _ClientLeft:
             return None
         except _BodyTooLarge:
-            limit = self._max_body_bytes
-            message = f"request body exceeds the limit max_body_bytes ({limit})"
+            message = body_too_large(self._max_body_bytes)
             return await _respond(send, 413, error_body(message), cors)
         except Exception as exc:  # noqa: BLE001 - every error is answered as JSON
             answer = error_answer(exc)
