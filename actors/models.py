@@ -20,6 +20,8 @@ from pydantic import (
 # Ids travel in URLs and shell environments; keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
+# Input names as GitHub allows them; a job sees `INPUT_<NAME>` with `-` as `_`.
+INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
 
 
 class JobStatus(StrEnum):
@@ -123,11 +125,64 @@ class Job(_Visualized):
     metadata: dict[str, Any] = {}
 
 
+class RunStatus(StrEnum):
+    queued = "queued"  # waiting for its concurrency group
+    running = "running"
+    success = "success"
+    failure = "failure"
+    cancelled = "cancelled"
+
+
+RUN_ENDED = frozenset({RunStatus.success, RunStatus.failure, RunStatus.cancelled})
+
+
+class RunRef(BaseModel):
+    """The latest run of a workflow, as its status and list entries show it (extension)."""
+
+    number: int
+    status: RunStatus
+
+
 class Workflow(BaseModel):
     id: str
     name: str
     trigger: str
     jobs: list[Job]
+    # Extension: the run the jobs belong to; null before the first run.
+    run: RunRef | None = None
+
+
+class Run(BaseModel):
+    """One run of a workflow: what started it, with which inputs, and its jobs."""
+
+    workflow_id: str
+    number: int
+    status: RunStatus
+    trigger: str
+    inputs: dict[str, Any]
+    created_at_ms: int
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    rerun_of: int | None = None
+    jobs: list[Job]
+    # Extension: why the run ended as it did when no job says it (a run timeout).
+    reason: str | None = None
+
+
+class RunAccepted(BaseModel):
+    """The answer to starting a run: its number, and `running` or `queued`."""
+
+    workflow_id: str
+    number: int
+    status: RunStatus
+
+
+class RunRequest(_Strict):
+    inputs: dict[str, Any] = {}
+
+
+class RerunRequest(_Strict):
+    failed_only: bool = False
 
 
 class JobCreate(_Visualized):
@@ -149,10 +204,30 @@ class JobCreate(_Visualized):
     env: dict[str, str] = {}
 
 
+class InputDecl(_Strict):
+    """A run input, declared as GitHub's `workflow_dispatch.inputs` does."""
+
+    type: Literal["string", "boolean", "number", "choice"] = "string"
+    required: bool = False
+    default: str | bool | int | float | None = None
+    options: list[str] = []
+    description: str = ""
+
+
+class ConcurrencyDecl(_Strict):
+    group: Annotated[str, Field(min_length=1, max_length=256)]
+    cancel_in_progress: bool = Field(False, alias="cancel-in-progress")
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
 class WorkflowCreate(_Strict):
     name: Annotated[str, Field(min_length=1)]
     trigger: str = ""
     jobs: list[JobCreate]
+    # Extensions: run inputs and the concurrency group, as a definition file declares them.
+    inputs: dict[Annotated[str, Field(pattern=INPUT_NAME_PATTERN)], InputDecl] | None = None
+    concurrency: Annotated[str, Field(min_length=1, max_length=256)] | ConcurrencyDecl | None = None
 
 
 # --- worker protocol --------------------------------------------------------

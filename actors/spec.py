@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import Job, JobCreate, RetryPolicy, Workflow, WorkflowCreate
+from .errors import Invalid
+from .models import InputDecl, Job, JobCreate, RetryPolicy, Workflow, WorkflowCreate
 
 _EMPTY: dict = {}  # shared by every job with no env/metadata/visual: never mutated
 _POLICIES: dict[str, RetryPolicy] = {}
@@ -36,6 +37,8 @@ class JobSpec:
     required_labels: tuple[str, ...] = ()
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_secs: int | None = None
+    # A job not claimed this long after it was queued fails (no worker can take it).
+    queue_timeout_secs: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     # Visualizer fields (`ports`, `children`, `collapsed`) exactly as a client sent them.
@@ -65,20 +68,144 @@ class JobSpec:
         )
 
 
+INPUT_TYPES = ("string", "boolean", "number", "choice")
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One declared run input, as GitHub's `workflow_dispatch.inputs` declares it."""
+
+    name: str
+    type: str = "string"
+    required: bool = False
+    default: Any = None
+    options: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def env_name(self) -> str:
+        """The variable a job sees it as: `INPUT_<NAME>`, upper-cased, `-` as `_`."""
+        return "INPUT_" + self.name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencySpec:
+    """Runs naming one `group` run one at a time; later ones wait as `queued` runs.
+
+    `group` may hold `${{ }}` expressions, rendered per run from its inputs.
+    """
+
+    group: str
+    cancel_in_progress: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowSpec:
     id: str
     name: str
     trigger: str
     jobs: tuple[JobSpec, ...]
+    inputs: tuple[InputSpec, ...] = ()
+    # None: the workflow is its own group and a second run is refused (409).
+    concurrency: ConcurrencySpec | None = None
 
     def __post_init__(self) -> None:
         check_graph(self.jobs)
+        check_inputs(self.inputs)
 
     def as_workflow(self) -> Workflow:
         return Workflow(
             id=self.id, name=self.name, trigger=self.trigger, jobs=[j.as_job() for j in self.jobs]
         )
+
+
+def check_inputs(inputs: Iterable[InputSpec]) -> None:
+    """Refuse an input declaration that no run could satisfy, naming the input."""
+    names: set[str] = set()
+    for spec in inputs:
+        where = f"input '{spec.name}'"
+        if spec.env_name in names:
+            raise DefinitionError(f"{where} is declared twice")
+        names.add(spec.env_name)
+        if spec.type not in INPUT_TYPES:
+            raise DefinitionError(f"{where} has type {spec.type!r}; expected one of {INPUT_TYPES}")
+        if spec.type == "choice" and not spec.options:
+            raise DefinitionError(f"{where} is a choice with no options")
+        if spec.type != "choice" and spec.options:
+            raise DefinitionError(f"{where} has options but is not a choice")
+        if spec.default is not None:
+            try:
+                coerce_input(spec, spec.default)
+            except Invalid as exc:
+                raise DefinitionError(f"{where} default: {exc}") from None
+
+
+def coerce_input(spec: InputSpec, value: Any) -> Any:
+    """The input's value as its type holds it, or `Invalid` saying what was wrong.
+
+    Booleans and numbers may also come as the strings a command line sends
+    (`"true"`, `"3"`), as GitHub's dispatch API sends every input as a string.
+    """
+    kind = spec.type
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return value == "true"
+        raise Invalid(f"input '{spec.name}' must be a boolean, got {_shown(value)}")
+    if kind == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if number == number and abs(number) != float("inf"):
+                    return int(number) if number.is_integer() and "." not in value else number
+        raise Invalid(f"input '{spec.name}' must be a number, got {_shown(value)}")
+    if not isinstance(value, str):
+        raise Invalid(f"input '{spec.name}' must be a string, got {_shown(value)}")
+    if kind == "choice" and value not in spec.options:
+        raise Invalid(
+            f"input '{spec.name}' must be one of {', '.join(spec.options)}; got {_shown(value)}"
+        )
+    return value
+
+
+def validate_inputs(spec: WorkflowSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """A run's inputs: the given ones checked, defaults filling the rest; `Invalid` names
+    the first input that is unknown, of the wrong type, missing, or not among its options."""
+    declared = {i.name: i for i in spec.inputs}
+    for name in given:
+        if name not in declared:
+            known = ", ".join(declared) or "none"
+            raise Invalid(f"unknown input '{name}' (declared: {known})")
+    values: dict[str, Any] = {}
+    for name, decl in declared.items():
+        if name in given and given[name] is not None:
+            values[name] = coerce_input(decl, given[name])
+        elif decl.default is not None:
+            values[name] = coerce_input(decl, decl.default)
+        elif decl.required:
+            raise Invalid(f"input '{name}' is required")
+        else:
+            # GitHub gives an undeclared-default input its type's empty value.
+            values[name] = {"boolean": False, "number": 0}.get(decl.type, "")
+    return values
+
+
+def input_text(value: Any) -> str:
+    """An input as a job's environment holds it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_graph(jobs: Iterable[JobSpec]) -> None:
@@ -131,7 +258,28 @@ def spec_from_create(workflow_id: str, body: WorkflowCreate) -> WorkflowSpec:
         name=body.name,
         trigger=body.trigger,
         jobs=tuple(_job_from_create(j) for j in body.jobs),
+        inputs=tuple(_input_from_create(n, d) for n, d in (body.inputs or {}).items()),
+        concurrency=_concurrency_from_create(body.concurrency),
     )
+
+
+def _input_from_create(name: str, decl: InputDecl) -> InputSpec:
+    return InputSpec(
+        name=name,
+        type=decl.type,
+        required=decl.required,
+        default=decl.default,
+        options=tuple(decl.options),
+        description=decl.description,
+    )
+
+
+def _concurrency_from_create(value: Any) -> ConcurrencySpec | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return ConcurrencySpec(group=value)
+    return ConcurrencySpec(group=value.group, cancel_in_progress=value.cancel_in_progress)
 
 
 def _job_from_create(job: JobCreate) -> JobSpec:
@@ -168,12 +316,30 @@ def spec_to_json(spec: WorkflowSpec) -> str:
                     "required_labels": list(j.required_labels),
                     "retry_policy": j.retry_policy.model_dump(mode="json"),
                     "timeout_secs": j.timeout_secs,
+                    "queue_timeout_secs": j.queue_timeout_secs,
                     "env": j.env,
                     "metadata": j.metadata,
                     "visual": j.visual,
                 }
                 for j in spec.jobs
             ],
+            "inputs": [
+                {
+                    "name": i.name,
+                    "type": i.type,
+                    "required": i.required,
+                    "default": i.default,
+                    "options": list(i.options),
+                    "description": i.description,
+                }
+                for i in spec.inputs
+            ],
+            "concurrency": None
+            if spec.concurrency is None
+            else {
+                "group": spec.concurrency.group,
+                "cancel_in_progress": spec.concurrency.cancel_in_progress,
+            },
         },
         separators=(",", ":"),
     )
@@ -190,10 +356,22 @@ def spec_from_json(text: str) -> WorkflowSpec:
             required_labels=tuple(j["required_labels"]),
             retry_policy=RetryPolicy.model_validate(j["retry_policy"]),
             timeout_secs=j["timeout_secs"],
+            queue_timeout_secs=j.get("queue_timeout_secs"),
             env=j["env"],
             metadata=j["metadata"],
             visual=j["visual"],
         )
         for j in data["jobs"]
     )
-    return WorkflowSpec(id=data["id"], name=data["name"], trigger=data["trigger"], jobs=jobs)
+    inputs = tuple(
+        InputSpec(**{**i, "options": tuple(i["options"])}) for i in data.get("inputs", ())
+    )
+    concurrency = data.get("concurrency")
+    return WorkflowSpec(
+        id=data["id"],
+        name=data["name"],
+        trigger=data["trigger"],
+        jobs=jobs,
+        inputs=inputs,
+        concurrency=ConcurrencySpec(**concurrency) if concurrency else None,
+    )
