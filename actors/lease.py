@@ -20,7 +20,7 @@ from .logs import AppendChunks
 from .models import Lease, LogChunk
 from .store import put_lease
 from .workers import JobHeld, Seen
-from .workflow import JobCompleted, JobFailed
+from .workflow import JobCompleted, JobFailed, LeaseExpired
 
 if TYPE_CHECKING:
     from .runtime import System
@@ -61,9 +61,11 @@ class LeaseActor(Actor):
         workflow: WorkflowActor,
         system: System,
         deadline: float | None = None,
+        attempt: int = 0,
     ) -> None:
         super().__init__()
         self.lease = lease
+        self.attempt = attempt  # of the job it holds: 0 for the first try
         self.name = f"lease {lease.lease_id}"
         self._run_id = run_id
         self._workflow = workflow
@@ -107,7 +109,7 @@ class LeaseActor(Actor):
                     message, reply = await self._inbox.receive()
             if message is _EXPIRED:
                 lease = self.lease
-                self._workflow.lease_expired(self._run_id, lease.job_id, lease.lease_id)
+                self._workflow.tell(LeaseExpired(self._run_id, lease.job_id, lease.lease_id))
                 return
             if await self._handle(message, reply):
                 return
@@ -128,9 +130,8 @@ class LeaseActor(Actor):
                 try:
                     # Asked, not told: the push is answered once the chunks are stored.
                     with trio.CancelScope(shield=True):
-                        await self._system.logs.ask(
-                            AppendChunks((lease.workflow_id, lease.job_id), chunks)
-                        )
+                        key = (lease.workflow_id, self._run_id, lease.job_id)
+                        await self._system.logs.ask(AppendChunks(key, chunks))
                 except Exception as exc:  # noqa: BLE001 - the pusher learns why
                     if reply is not None:
                         reply.fail(exc)

@@ -1,13 +1,17 @@
-"""The logs actor: stored chunks of each job's latest run, and live subscribers.
+"""The logs actor: the stored chunks of the runs in memory, and live subscribers.
 
-A subscriber gets a replay of what is stored and a channel of what follows;
-the channel closes once the job reaches a terminal status, after its last
-chunk, so a stream ends by itself.
+Logs are kept per (workflow, run number, job). The actor holds the logs of the
+runs the workflow actors hold (unfinished runs and each workflow's latest
+run); older runs' logs are read back from the store. A subscriber gets a
+replay of what is stored and a channel of what follows; the channel closes
+once the job reaches a terminal status, after its last chunk, so a stream
+ends by itself.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -16,12 +20,11 @@ from .actor import Actor
 from .models import LogChunk, LogStream
 from .store import put_log
 
-JobKey = tuple[str, str]
+JobKey = tuple[str, int, str]  # (workflow_id, run number, job_id)
 
 
 @dataclass(slots=True)
 class JobLog:
-    run_id: int = 0
     chunks: list[LogChunk] = field(default_factory=list)
     bytes: int = 0
     dropped_bytes: int = 0
@@ -44,6 +47,21 @@ def kept(log: JobLog) -> list[LogChunk]:
     return [notice, *log.chunks]
 
 
+def trim(log: JobLog, max_bytes: int) -> None:
+    """Past the per-job limit keep the tail; `kept` says what was dropped."""
+    while len(log.chunks) > 1 and log.bytes > max_bytes:
+        dropped = log.chunks.pop(0)
+        log.bytes -= len(dropped.data)
+        log.dropped_bytes += len(dropped.data)
+
+
+def stored_log(chunks: list[LogChunk], max_bytes: int) -> list[LogChunk]:
+    """A log read back from the store, kept as the actor would have kept it."""
+    log = JobLog(chunks=chunks, bytes=sum(len(c.data) for c in chunks))
+    trim(log, max_bytes)
+    return kept(log)
+
+
 # --- messages ---------------------------------------------------------------
 
 
@@ -54,10 +72,28 @@ class AppendChunks:
 
 
 @dataclass(slots=True)
-class ResetWorkflow:
+class OpenRun:
+    """A run was created: its jobs' logs start empty, held here."""
+
     workflow_id: str
+    number: int
     job_ids: list[str]
-    run_id: int
+
+
+@dataclass(slots=True)
+class Seed:
+    """A job carried into a re-run starts with its earlier log, already ended."""
+
+    key: JobKey
+    chunks: list[LogChunk]
+
+
+@dataclass(slots=True)
+class Forget:
+    """The run left memory (the store keeps its logs) or was pruned."""
+
+    workflow_id: str
+    numbers: list[int]
 
 
 @dataclass(slots=True)
@@ -95,13 +131,13 @@ class LogsActor(Actor):
     def handle(self, message):
         match message:
             case AppendChunks(key, chunks):
-                log = self._logs.setdefault(key, JobLog())
                 for chunk in chunks:
-                    self.record(put_log(key[0], key[1], log.run_id, chunk.model_dump_json()))
+                    self.record(put_log(key[0], key[1], key[2], chunk.model_dump_json()))
                 self._append(key, chunks)
             case ReadLog(key):
+                # None: not held here (an older run: read the store).
                 log = self._logs.get(key)
-                return kept(log) if log else []
+                return kept(log) if log is not None else None
             case Subscribe(key):
                 return self._subscribe(key)
             case JobEnded(key, final):
@@ -111,33 +147,32 @@ class LogsActor(Actor):
                     for sub in log.subscribers:
                         sub.close()
                     log.subscribers.clear()
-            case ResetWorkflow(workflow_id, job_ids, run_id):
+            case OpenRun(workflow_id, number, job_ids):
                 for job_id in job_ids:
-                    old = self._logs.pop((workflow_id, job_id), None)
-                    # Open streams of a job not yet finished follow it into the new run.
-                    fresh = JobLog(run_id=run_id)
-                    if old is not None:
-                        fresh.subscribers = old.subscribers
-                    self._logs[(workflow_id, job_id)] = fresh
+                    # Streams opened before the workflow's first run follow its jobs into it.
+                    early = self._logs.pop((workflow_id, 0, job_id), None)
+                    fresh = self._logs.setdefault((workflow_id, number, job_id), JobLog())
+                    if early is not None:
+                        fresh.subscribers.extend(early.subscribers)
+            case Seed(key, chunks):
+                self._append(key, chunks)
+                self._logs[key].ended = True
+            case Forget(workflow_id, numbers):
+                drop = set(numbers)
+                for key in [k for k in self._logs if k[0] == workflow_id and k[1] in drop]:
+                    log = self._logs.pop(key)
+                    for sub in log.subscribers:
+                        sub.close()
             case _:
                 raise TypeError(f"logs cannot handle {message!r}")
         return None
 
-    def restore(
-        self,
-        stored: dict[tuple[str, str, int], list[str]],
-        job_runs: dict[JobKey, int],
-        ended: list[JobKey],
-    ) -> None:
-        """Before the actor starts: the current runs' chunks, read back from the store."""
-        for key, run_id in job_runs.items():
-            self._logs[key] = JobLog(run_id=run_id)
-        for (workflow_id, job_id, run_id), chunks in stored.items():
-            if job_runs.get((workflow_id, job_id)) == run_id:
-                parsed = [LogChunk.model_validate_json(c) for c in chunks]
-                self._append((workflow_id, job_id), parsed)
+    def restore(self, stored: dict[JobKey, list[str]], ended: Iterable[JobKey]) -> None:
+        """Before the actor starts: the held runs' chunks, read back from the store."""
+        for key, chunks in stored.items():
+            self._append(key, [LogChunk.model_validate_json(c) for c in chunks])
         for key in ended:
-            self._logs[key].ended = True
+            self._logs.setdefault(key, JobLog()).ended = True
 
     def _append(self, key: JobKey, chunks: list[LogChunk]) -> None:
         log = self._logs.setdefault(key, JobLog())
@@ -155,14 +190,14 @@ class LogsActor(Actor):
         self._trim(log)
 
     def _trim(self, log: JobLog) -> None:
-        """Past the per-job limit keep the tail; `kept` says what was dropped."""
-        while len(log.chunks) > 1 and log.bytes > self._max_bytes:
-            dropped = log.chunks.pop(0)
-            log.bytes -= len(dropped.data)
-            log.dropped_bytes += len(dropped.data)
+        trim(log, self._max_bytes)
 
-    def _subscribe(self, key: JobKey) -> Subscription:
-        log = self._logs.setdefault(key, JobLog())
+    def _subscribe(self, key: JobKey) -> Subscription | None:
+        log = self._logs.get(key)
+        if log is None:
+            if key[1] != 0:
+                return None  # not held here: an older run, read from the store
+            log = self._logs[key] = JobLog()
         send, receive = trio.open_memory_channel[LogChunk](math.inf)
         if log.ended:
             send.close()

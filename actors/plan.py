@@ -59,7 +59,8 @@ class Rendered:
     labels: tuple[str, ...]
     timeout_secs: int | None = None
     continue_on_error: bool = False
-    # Extension `env` of the claim: values a bare command must not show (secrets).
+    # Extension `env` of the claim: the job's whole environment, secrets included
+    # (the command exports all of it but the secret-bearing values).
     env: Mapping[str, str] | None = None
 
     def to_row(self) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
         command=exports + spec.command,
         labels=spec.required_labels,
         timeout_secs=spec.timeout_secs,
+        env={**spec.env, **input_env(ctx)} or None,
     )
 
 
@@ -107,6 +109,13 @@ def input_env(ctx: Mapping[str, Any]) -> dict[str, str]:
 def condition(inst: JobInstance, ctx: Mapping[str, Any], status: Status) -> bool:
     """Whether the job runs once its needs are terminal (the default is `success()`)."""
     return status.success
+
+
+def requires_success(inst: JobInstance) -> bool:
+    """Whether the job's condition can only hold when `success()` does (no `if`, or
+    one that calls no status function and so is joined with `success()`): such a
+    job is skipped as soon as an ancestor fails, without waiting for its other needs."""
+    return True
 
 
 def survives_cancel(inst: JobInstance) -> bool:

@@ -424,12 +424,30 @@ class Transition:
         if self.cascade:
             candidates: list[str] = []
             for job_id in job_ids:
+                if not self.run.jobs[job_id].passed:
+                    self._skip_doomed(job_id)
                 candidates.extend(self.plan.dependents.get(job_id, ()))
                 inst = self.plan.instances[job_id]
                 if plan.max_parallel(inst):
                     candidates.extend(self.plan.groups[inst.group])
             self._settle(candidates)
         self._check_end()
+
+    def _skip_doomed(self, job_id: str) -> None:
+        """The job ended without passing: every pending transitive dependent whose
+        condition needs `success()` can never run, and is skipped now (the contract's
+        "every transitive dependent skipped" at the failure, not at the end)."""
+        jobs = self.run.jobs
+        stack = list(self.plan.dependents.get(job_id, ()))
+        while stack:
+            dependent = stack.pop()
+            job = jobs[dependent]
+            if job.status is not JobStatus.queued or job.in_queue:
+                continue
+            if not plan.requires_success(self.plan.instances[dependent]):
+                continue  # decided by its own condition once its needs are terminal
+            self._finish(dependent, JobStatus.skipped)
+            stack.extend(self.plan.dependents.get(dependent, ()))
 
     def _settle(self, candidates: Iterable[str]) -> None:
         """Queue or skip each pending candidate whose needs are all terminal, and
@@ -448,13 +466,11 @@ class Transition:
             try:
                 runs = self._holds(inst)
             except EvaluationError as exc:
-                self._finish(job_id, JobStatus.failure)
                 job.output = f"the job's condition failed: {exc}"
-                stack.extend(reversed(self.plan.dependents.get(job_id, ())))
+                self._end_unpassed(job_id, JobStatus.failure, stack)
                 continue
             if not runs:
-                self._finish(job_id, JobStatus.skipped)
-                stack.extend(reversed(self.plan.dependents.get(job_id, ())))
+                self._end_unpassed(job_id, JobStatus.skipped, stack)
                 continue
             limit = plan.max_parallel(inst)
             if limit is not None and self._active_in_group(inst.group) >= limit:
@@ -463,8 +479,14 @@ class Transition:
                 self._enqueue(job_id, attempt=0, delay_secs=0)
             except EvaluationError as exc:
                 job.output = str(exc)
-                self._finish(job_id, JobStatus.failure)
-                stack.extend(reversed(self.plan.dependents.get(job_id, ())))
+                self._end_unpassed(job_id, JobStatus.failure, stack)
+
+    def _end_unpassed(self, job_id: str, status: JobStatus, stack: list[str]) -> None:
+        """In `_settle`: the job ends skipped or failed; what it dooms is skipped and
+        its dependents become candidates."""
+        self._finish(job_id, status)
+        self._skip_doomed(job_id)
+        stack.extend(reversed(self.plan.dependents.get(job_id, ())))
 
     def _pending(self) -> list[str]:
         return [

@@ -13,16 +13,19 @@ import itertools
 import logging
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from .actor import Reply
 from .clock import now_ms
-from .errors import LeaseNotActive, LimitExceeded, NotFound
+from .errors import Conflict, LeaseNotActive, LimitExceeded, NotFound
+from .groups import ConcurrencyGroups, Join, Leave, RunKey
 from .journal import Journal
 from .lease import (
     LeaseActor,
@@ -34,34 +37,67 @@ from .lease import (
     deadline_from_ms,
     deadline_ms,
 )
-from .logs import JobEnded, LogsActor, ReadLog, ResetWorkflow, Subscribe, Subscription
+from .logs import (
+    Forget,
+    JobEnded,
+    LogsActor,
+    OpenRun,
+    ReadLog,
+    Seed,
+    Subscribe,
+    Subscription,
+    stored_log,
+)
 from .models import (
+    TERMINAL_STATUSES,
     Claim,
     JobStatus,
     Lease,
     LogChunk,
     LogChunkIn,
+    Run,
+    RunAccepted,
+    RunStatus,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
 )
+from .rules import JobRun, RunPlan
+from .rules import Run as RunState
 from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, StopParking, Unpark
 from .spec import DefinitionError, WorkflowSpec, spec_from_create, spec_from_json, spec_to_json
-from .store import Snapshot, Store, drop_lease, put_workflow
+from .store import (
+    Snapshot,
+    Store,
+    StoredRun,
+    drop_lease,
+    prune_runs,
+    put_workflow,
+    read_log,
+    read_run,
+    read_runs,
+    spec_hash,
+)
+from .timers import Timers
 from .workers import Heartbeat, JobHeld, ListWorkers, Register, Seen, WorkerRegistry
 from .workflow import (
-    CancelRun,
+    CANCELLED_UNRUN,
+    AdmitRun,
+    CancelRuns,
+    CreateRun,
     GetStatus,
     GetStatusCounts,
     IsCancelled,
     JobClaimed,
-    JobState,
+    LiveRun,
     RestoredRun,
-    StartRun,
     WorkflowActor,
+    run_view,
 )
 
 log = logging.getLogger("workflow_graph")
+
+DEFAULT_RETAIN_RUNS = 50
 
 
 @dataclass(frozen=True)
@@ -77,6 +113,33 @@ class Limits:
     max_log_chunks_per_push: int = 10_000
 
 
+class MemoryHistory:
+    """With no store, the retained runs of every workflow live here."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, OrderedDict[int, LiveRun]] = {}
+
+    def add(self, live: LiveRun) -> None:
+        self.runs.setdefault(live.state.workflow_id, OrderedDict())[live.state.number] = live
+
+    def prune(self, workflow_id: str, below: int) -> list[int]:
+        runs = self.runs.get(workflow_id, OrderedDict())
+        gone = [n for n, live in runs.items() if n < below and not live.state.active]
+        for number in gone:
+            del runs[number]
+        return gone
+
+    def page(self, workflow_id: str, limit: int, offset: int) -> list[LiveRun]:
+        runs = self.runs.get(workflow_id)
+        if not runs:
+            return []
+        newest_first = reversed(runs.values())
+        return list(itertools.islice(newest_first, offset, offset + limit))
+
+    def get(self, workflow_id: str, number: int) -> LiveRun | None:
+        return self.runs.get(workflow_id, {}).get(number)
+
+
 @dataclass
 class System:
     """What actors know of each other: addresses, not state."""
@@ -84,10 +147,17 @@ class System:
     scheduler: Scheduler
     logs: LogsActor
     workers: WorkerRegistry
+    timers: Timers
     api_only: bool
     journal: Journal | None = None  # None: nothing is stored
-    retain_runs: int = 3  # runs per workflow whose logs the store keeps
+    retain_runs: int = DEFAULT_RETAIN_RUNS  # runs per workflow the store keeps
     leases: dict[str, LeaseActor] = field(default_factory=dict)
+    workflows: dict[str, WorkflowActor] = field(default_factory=dict)
+    groups: ConcurrencyGroups | None = None
+    history: MemoryHistory | None = None  # with no store
+    _run_seq: int = 1
+    _specs: dict[str, WorkflowSpec] = field(default_factory=dict)  # by digest
+    _digests: dict[int, tuple[WorkflowSpec, str, str]] = field(default_factory=dict)
 
     def revoke_lease(self, lease_id: str) -> None:
         lease = self.leases.get(lease_id)
@@ -97,11 +167,78 @@ class System:
     def lease_ended(self, lease_id: str) -> None:
         self.leases.pop(lease_id, None)
 
-    def logs_reset(self, workflow_id: str, job_ids: Iterable[str], run_id: int) -> None:
-        self.logs.tell(ResetWorkflow(workflow_id, list(job_ids), run_id))
+    # --- runs ---
 
-    def logs_job_ended(self, workflow_id: str, job_id: str, final: bool) -> None:
-        self.logs.tell(JobEnded((workflow_id, job_id), final))
+    def next_run_seq(self) -> int:
+        seq, self._run_seq = self._run_seq, self._run_seq + 1
+        return seq
+
+    def run_plan(self, spec: WorkflowSpec, state: RunState) -> RunPlan:
+        return RunPlan(spec, state)
+
+    def spec_digest(self, spec: WorkflowSpec) -> tuple[str, str]:
+        """(digest, json) of a definition, computed once per definition object."""
+        known = self._digests.get(id(spec))
+        if known is not None and known[0] is spec:
+            return known[1], known[2]
+        text = spec_to_json(spec)
+        digest = spec_hash(text)
+        self._digests[id(spec)] = (spec, digest, text)
+        self._specs.setdefault(digest, spec)
+        return digest, text
+
+    def spec_from_store(self, digest: str, text: str) -> WorkflowSpec:
+        spec = self._specs.get(digest)
+        if spec is None:
+            spec = self._specs[digest] = spec_from_json(text)
+        return spec
+
+    def history_add(self, live: LiveRun) -> None:
+        if self.history is not None:
+            self.history.add(live)
+
+    def prune_history(self, workflow_id: str, newest: int) -> None:
+        """Keep the last `retain_runs` runs of the workflow (never an unfinished one)."""
+        below = newest - self.retain_runs + 1
+        if below <= 1:
+            return
+        if self.history is not None:
+            gone = self.history.prune(workflow_id, below)
+            if gone:
+                self.logs.tell(Forget(workflow_id, gone))
+        elif self.journal is not None:
+            self.journal.submit(prune_runs(workflow_id, below))
+
+    def run_ended(self, state: RunState, actor: WorkflowActor) -> None:
+        if state.group is not None and self.groups is not None:
+            self.groups.tell(Leave(state.group, (state.workflow_id, state.number)))
+
+    def run_left_memory(self, workflow_id: str, number: int) -> None:
+        if self.history is None:  # the store keeps its logs; memory need not
+            self.logs.tell(Forget(workflow_id, [number]))
+
+    # --- logs ---
+
+    def logs_open_run(self, workflow_id: str, number: int, job_ids: list[str]) -> None:
+        self.logs.tell(OpenRun(workflow_id, number, job_ids))
+
+    def logs_seed(self, workflow_id: str, number: int, job_id: str, chunks: list[LogChunk]) -> None:
+        self.logs.tell(Seed((workflow_id, number, job_id), chunks))
+
+    def logs_job_ended(self, workflow_id: str, number: int, job_id: str, final: bool) -> None:
+        self.logs.tell(JobEnded((workflow_id, number, job_id), final))
+
+    # --- concurrency groups ---
+
+    def admit(self, key: RunKey) -> None:
+        actor = self.workflows.get(key[0])
+        if actor is not None:
+            actor.tell(AdmitRun(key[1]))
+
+    def cancel_run(self, key: RunKey) -> None:
+        actor = self.workflows.get(key[0])
+        if actor is not None:
+            actor.tell(CancelRuns(key[1]))
 
 
 class Runtime:
@@ -113,7 +250,7 @@ class Runtime:
         self.limits = limits
         self._next_seq = 1  # creation order of API-created workflows, as stored
         # The directory of workflow actors, in creation order (files first, by name).
-        self._workflows: dict[str, WorkflowActor] = {}
+        self._workflows = system.workflows
 
     @property
     def api_only(self) -> bool:
@@ -123,16 +260,31 @@ class Runtime:
     def workflow_count(self) -> int:
         return len(self._workflows)
 
+    @property
+    def retain_runs(self) -> int:
+        return self._system.retain_runs
+
     # --- workflows ---
 
     def add_workflow(
-        self, spec: WorkflowSpec, restored: RestoredRun | None = None
+        self,
+        spec: WorkflowSpec,
+        restored: list[RestoredRun] | None = None,
+        next_number: int = 1,
+        cancelled_unrun: bool = False,
     ) -> WorkflowActor:
         if spec.id in self._workflows:
             raise DefinitionError(f"duplicate workflow id '{spec.id}'")
         self._check_room()
         # Started on its first message: thousands of idle workflows cost no tasks.
-        actor = WorkflowActor(spec, self._system, restored, spawn=self._nursery.start_soon)
+        actor = WorkflowActor(
+            spec,
+            self._system,
+            restored or [],
+            next_number=next_number,
+            cancelled_unrun=cancelled_unrun,
+            spawn=self._nursery.start_soon,
+        )
         self._workflows[spec.id] = actor
         return actor
 
@@ -145,12 +297,6 @@ class Runtime:
             return self._workflows[workflow_id]
         except KeyError:
             raise NotFound(f"workflow '{workflow_id}' not found") from None
-
-    def _job_key(self, workflow_id: str, job_id: str) -> tuple[str, str]:
-        actor = self._workflow(workflow_id)
-        if job_id not in actor.job_ids:
-            raise NotFound(f"job '{job_id}' not found in workflow '{workflow_id}'")
-        return (workflow_id, job_id)
 
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
         if len(body.jobs) > self.limits.max_jobs_per_workflow:
@@ -189,15 +335,131 @@ class Runtime:
     async def get_status(self, workflow_id: str) -> Workflow:
         return await self._workflow(workflow_id).ask(GetStatus())
 
-    async def run_workflow(self, workflow_id: str) -> int:
-        """Start a run; returns its run id. Conflict while a run is active."""
-        return await self._workflow(workflow_id).ask(StartRun())
+    # --- runs ---
+
+    async def run_workflow(
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        trigger: str = "manual",
+        event: dict[str, Any] | None = None,
+    ) -> RunAccepted:
+        """Start a run, or queue it behind its concurrency group. Conflict when the
+        workflow is its own group and a run is active; Invalid for bad inputs."""
+        actor = self._workflow(workflow_id)
+        created = await actor.ask(
+            CreateRun(inputs=dict(inputs or {}), trigger=trigger, event=event)
+        )
+        return await self._join(actor, created)
+
+    async def rerun(self, workflow_id: str, number: int, failed_only: bool = False) -> RunAccepted:
+        """Run run `number` again with its inputs; `failed_only` keeps what succeeded."""
+        actor = self._workflow(workflow_id)
+        previous, spec = await self._run_state(actor, number)
+        if previous.active:
+            raise Conflict(f"run {number} of workflow '{workflow_id}' has not finished")
+        carried: dict[str, list[LogChunk]] = {}
+        if failed_only:
+            for job_id, job in previous.jobs.items():
+                if job.status is JobStatus.success:
+                    carried[job_id] = await self.get_logs(workflow_id, job_id, number)
+        created = await actor.ask(
+            CreateRun(
+                trigger="rerun",
+                previous=previous,
+                previous_spec=spec,
+                failed_only=failed_only,
+                carried_logs=carried,
+            )
+        )
+        return await self._join(actor, created)
+
+    async def _join(self, actor: WorkflowActor, created) -> RunAccepted:
+        status = created.status
+        if created.group is not None:
+            assert self._system.groups is not None
+            key = (actor.spec.id, created.number)
+            started = await self._system.groups.ask(
+                Join(created.group, key, created.cancel_in_progress)
+            )
+            status = RunStatus.running if started else RunStatus.queued
+        return RunAccepted(workflow_id=actor.spec.id, number=created.number, status=status)
 
     async def cancel_workflow(self, workflow_id: str) -> None:
-        await self._workflow(workflow_id).ask(CancelRun())
+        """Cancel every unfinished run of the workflow (the contract's cancel)."""
+        await self._workflow(workflow_id).ask(CancelRuns())
 
-    async def is_cancelled(self, workflow_id: str, job_id: str) -> bool:
-        return await self._workflow(workflow_id).ask(IsCancelled(job_id))
+    async def cancel_run(self, workflow_id: str, number: int) -> Run:
+        actor = self._workflow(workflow_id)
+        await self._run_state(actor, number)  # 404 for an unknown or pruned run
+        await actor.ask(CancelRuns(number))
+        return await self.get_run(workflow_id, number)
+
+    async def list_runs(self, workflow_id: str, limit: int = 20, offset: int = 0) -> list[Run]:
+        """The workflow's retained runs, newest first."""
+        actor = self._workflow(workflow_id)
+        system = self._system
+        if system.history is not None:
+            return [
+                run_view(live.state, live.plan)
+                for live in system.history.page(workflow_id, limit, offset)
+            ]
+        if system.journal is None:
+            return []
+        stored = await system.journal.read(lambda db: read_runs(db, workflow_id, limit, offset))
+        runs = []
+        held = {live.state.number: live for live in actor.live_runs()}
+        for row in stored:
+            live = held.get(row.row["number"])
+            if live is not None:
+                runs.append(run_view(live.state, live.plan))
+            else:
+                runs.append(self._stored_view(row))
+        return runs
+
+    async def get_run(self, workflow_id: str, number: int) -> Run:
+        actor = self._workflow(workflow_id)
+        state, spec = await self._run_state(actor, number)
+        return run_view(state, self._system.run_plan(spec, state))
+
+    async def _run_state(self, actor: WorkflowActor, number: int) -> tuple[RunState, WorkflowSpec]:
+        """A run's state and definition, from memory or the store; NotFound says whether
+        the run never existed or was pruned."""
+        for live in actor.live_runs():
+            if live.state.number == number:
+                return live.state, live.plan.spec
+        system = self._system
+        if system.history is not None:
+            kept_run = system.history.get(actor.spec.id, number)
+            if kept_run is not None:
+                return kept_run.state, kept_run.plan.spec
+        elif system.journal is not None and 0 < number < actor.next_number:
+            workflow_id = actor.spec.id
+            stored = await system.journal.read(lambda db: read_run(db, workflow_id, number))
+            if stored is not None:
+                return self._stored_state(stored)
+        raise self._no_run(actor, number)
+
+    def _no_run(self, actor: WorkflowActor, number: int) -> NotFound:
+        if 0 < number < actor.next_number:
+            return NotFound(
+                f"run {number} of workflow '{actor.spec.id}' was pruned "
+                f"(the last {self._system.retain_runs} runs are kept)"
+            )
+        return NotFound(f"workflow '{actor.spec.id}' has no run {number}")
+
+    def _stored_state(self, stored: StoredRun) -> tuple[RunState, WorkflowSpec]:
+        spec = self._system.spec_from_store(stored.spec_hash, stored.spec_json)
+        jobs = {job_id: JobRun.from_row(row) for job_id, row in stored.jobs.items()}
+        return RunState.from_row(stored.row, jobs), spec
+
+    def _stored_view(self, stored: StoredRun) -> Run:
+        state, spec = self._stored_state(stored)
+        return run_view(state, self._system.run_plan(spec, state))
+
+    async def is_cancelled(self, workflow_id: str, job_id: str, number: int | None = None) -> bool:
+        return await self._workflow(workflow_id).ask(IsCancelled(job_id, number))
 
     # --- workers ---
 
@@ -267,7 +529,7 @@ class Runtime:
 
     async def _grant(self, entry: Entry, worker_id: str, ttl_secs: int) -> Claim | None:
         """Turn a taken entry into a lease, or give the entry back if we were cancelled."""
-        workflow_id, job_id = entry.key
+        workflow_id, number, job_id = entry.key
         actor = self._workflows.get(workflow_id)
         if actor is None:
             return None
@@ -283,9 +545,9 @@ class Runtime:
         try:
             # Shielded: a job is either leased or back in the queue, never lost between.
             with trio.CancelScope(shield=True):
-                lease_actor = LeaseActor(lease, entry.run_id, actor, self._system)
+                lease_actor = LeaseActor(lease, number, actor, self._system, attempt=entry.attempt)
                 claimed = JobClaimed(
-                    entry.run_id, job_id, entry.attempt, lease, deadline_ms(lease_actor.deadline)
+                    number, job_id, entry.attempt, lease, deadline_ms(lease_actor.deadline)
                 )
                 if not await actor.ask(claimed):
                     return None
@@ -299,50 +561,73 @@ class Runtime:
         return Claim(job=entry.job, lease=lease)
 
     def _restore(self, snapshot: Snapshot, file_specs: list[WorkflowSpec]) -> None:
-        """Before serving: workflows, runs, queue, leases, logs and workers from the store."""
+        """Before serving: workflows, runs, queue, groups, leases, logs and workers."""
         system = self._system
         specs = list(file_specs)
         for _, text in snapshot.workflows:
             specs.append(spec_from_json(text))
         self._next_seq = len(snapshot.workflows) + 1
-        job_runs: dict[tuple[str, str], int] = {}
-        ended: list[tuple[str, str]] = []
-        waiting: list[tuple[int, int, str, WorkflowActor]] = []
+        system._run_seq = snapshot.next_run_seq
+        queued: list[tuple[int, int, int, str, WorkflowActor]] = []
+        ended_logs: list[tuple[str, int, str]] = []
+        holders: dict[str, RunKey] = {}
+        waiting: list[tuple[int, str, RunKey]] = []
         for order, spec in enumerate(specs):
-            restored = None
-            if spec.id in snapshot.runs:
-                run_id, run_spec = snapshot.runs[spec.id]
-                rows = snapshot.jobs.get(spec.id, {})
-                states = {j: JobState.from_row(r) for j, (run, r) in rows.items() if run == run_id}
-                restored = RestoredRun(run_id, spec_from_json(run_spec), states)
+            restored = []
+            for stored in snapshot.runs.get(spec.id, {}).values():
+                state, run_spec = self._stored_state(stored)
+                restored.append(RestoredRun(state, run_spec, stored.seq, stored.spec_hash))
             try:
-                actor = self.add_workflow(spec, restored)
+                actor = self.add_workflow(
+                    spec,
+                    restored,
+                    next_number=snapshot.next_numbers.get(spec.id, 1),
+                    cancelled_unrun=(spec.id, CANCELLED_UNRUN) in snapshot.flags,
+                )
             except (DefinitionError, LimitExceeded) as exc:
                 log.warning("not restoring workflow %s: %s", spec.id, exc)
                 continue
-            for job_id in actor.job_ids:
-                job_runs[(spec.id, job_id)] = actor.run_id
-            ended.extend((spec.id, j) for j in actor.terminal_jobs())
-            waiting.extend((at, order, job_id, actor) for at, job_id in actor.queued_on_restore())
+            for live in actor.live_runs():
+                state = live.state
+                for job_id, job in state.jobs.items():
+                    if job.status in TERMINAL_STATUSES:
+                        ended_logs.append((spec.id, state.number, job_id))
+                if state.group is not None and state.status is RunStatus.running:
+                    holders[state.group] = (spec.id, state.number)
+                elif state.group is not None and state.status is RunStatus.queued:
+                    waiting.append((live.seq, state.group, (spec.id, state.number)))
+            queued.extend(
+                (at, order, number, job_id, actor) for at, number, job_id in actor.restored_queue()
+            )
         # One queue in the order jobs first entered it, across all workflows.
-        for _, _, job_id, actor in sorted(waiting, key=lambda w: w[:3]):
-            actor.requeue_restored(job_id)
-        system.logs.restore(snapshot.logs, job_runs, ended)
+        for _, _, number, job_id, actor in sorted(queued, key=lambda w: w[:4]):
+            actor.requeue_restored(number, job_id)
+        system.logs.restore(snapshot.logs, ended_logs)
         system.workers.restore(snapshot.workers)
+        groups_waiting: dict[str, list[RunKey]] = {}
+        for _, group, key in sorted(waiting):
+            groups_waiting.setdefault(group, []).append(key)
+        assert system.groups is not None
+        system.groups.restore(holders, groups_waiting)
+        for actor in self._workflows.values():
+            actor.rearm_deadlines()
         stale = []
-        for lease_json, run_id, stored_deadline in snapshot.leases:
+        for lease_json, number, stored_deadline in snapshot.leases:
             lease = Lease.model_validate_json(lease_json)
             actor = self._workflows.get(lease.workflow_id)
-            if (
-                actor is None
-                or actor.run_id != run_id
-                or (actor.restored_leases().get(lease.lease_id) != lease.job_id)
-            ):
+            held = actor.restored_leases().get(lease.lease_id) if actor is not None else None
+            if actor is None or held != (number, lease.job_id):
                 stale.append(drop_lease(lease.lease_id))
                 continue
+            attempt = actor.live_attempt(number, lease.job_id)
             # A deadline that passed while the server was down expires at once.
             lease_actor = LeaseActor(
-                lease, run_id, actor, system, deadline=deadline_from_ms(stored_deadline)
+                lease,
+                number,
+                actor,
+                system,
+                deadline=deadline_from_ms(stored_deadline),
+                attempt=attempt,
             )
             system.leases[lease.lease_id] = lease_actor
             system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))
@@ -394,15 +679,57 @@ class Runtime:
 
     # --- logs ---
 
-    async def get_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
-        return await self._system.logs.ask(ReadLog(self._job_key(workflow_id, job_id)))
+    async def _log_key(
+        self, workflow_id: str, job_id: str, number: int | None
+    ) -> tuple[WorkflowActor, int]:
+        """The run a log request means (the latest when `number` is None), checked."""
+        actor = self._workflow(workflow_id)
+        if number is None:
+            if not actor.has_job(job_id):
+                raise NotFound(f"job '{job_id}' not found in workflow '{workflow_id}'")
+            return actor, actor.latest_number
+        state, _ = await self._run_state(actor, number)
+        if job_id not in state.jobs:
+            raise NotFound(f"job '{job_id}' not found in run {number} of workflow '{workflow_id}'")
+        return actor, number
 
-    async def subscribe_logs(self, workflow_id: str, job_id: str) -> Subscription:
+    async def get_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> list[LogChunk]:
+        """Every stored chunk of the job in run `number` (default: the latest run)."""
+        actor, number = await self._log_key(workflow_id, job_id, number)
+        if number == 0:
+            return []  # never ran
+        chunks = await self._system.logs.ask(ReadLog((workflow_id, number, job_id)))
+        if chunks is not None:
+            return chunks
+        return await self._stored_log(workflow_id, number, job_id)
+
+    async def _stored_log(self, workflow_id: str, number: int, job_id: str) -> list[LogChunk]:
+        journal = self._system.journal
+        if journal is None:
+            return []
+        texts = await journal.read(lambda db: read_log(db, workflow_id, number, job_id))
+        chunks = [LogChunk.model_validate_json(t) for t in texts]
+        return stored_log(chunks, self.limits.max_log_bytes_per_job)
+
+    async def subscribe_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> Subscription:
         """Replay plus a live channel that closes after the job's last chunk."""
-        return await self._system.logs.ask(Subscribe(self._job_key(workflow_id, job_id)))
+        actor, number = await self._log_key(workflow_id, job_id, number)
+        subscription = await self._system.logs.ask(Subscribe((workflow_id, number, job_id)))
+        if subscription is not None:
+            return subscription
+        # A run no longer in memory has ended: its stream is the replay alone.
+        send, receive = trio.open_memory_channel[LogChunk](0)
+        send.close()
+        return Subscription(await self._stored_log(workflow_id, number, job_id), receive)
 
-    async def stream_logs(self, workflow_id: str, job_id: str) -> AsyncIterator[LogChunk]:
-        subscription = await self.subscribe_logs(workflow_id, job_id)
+    async def stream_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> AsyncIterator[LogChunk]:
+        subscription = await self.subscribe_logs(workflow_id, job_id, number)
         for chunk in subscription.replay:
             yield chunk
         async with subscription.live:
@@ -425,7 +752,7 @@ async def open_runtime(
     api_only: bool = False,
     limits: Limits | None = None,
     data_dir: str | Path | None = None,
-    retain_runs: int = 3,
+    retain_runs: int = DEFAULT_RETAIN_RUNS,
     warn=None,
 ) -> AsyncIterator[Runtime]:
     """Start the actors, recover or load definitions, and yield the `Runtime`.
@@ -452,14 +779,24 @@ async def open_runtime(
                 scheduler=Scheduler(),
                 logs=LogsActor(limits.max_log_bytes_per_job),
                 workers=WorkerRegistry(),
+                timers=Timers(),
                 api_only=api_only,
                 journal=journal,
                 retain_runs=max(1, retain_runs),
+                history=MemoryHistory() if store is None else None,
             )
+            system.groups = ConcurrencyGroups(system.admit, system.cancel_run)
             system.logs.journal = system.workers.journal = journal
             runtime = Runtime(nursery, system, limits)
             runtime._restore(snapshot, loaded)
-            for actor in (system.scheduler, system.logs, system.workers, journal):
+            for actor in (
+                system.scheduler,
+                system.logs,
+                system.workers,
+                system.timers,
+                system.groups,
+                journal,
+            ):
                 if actor is not None:
                     nursery.start_soon(actor.run)
             try:

@@ -19,7 +19,7 @@ import trio
 from .actor import Actor, Reply
 from .models import QueuedJob
 
-JobKey = tuple[str, str]  # (workflow_id, job_id)
+JobKey = tuple[str, int, str]  # (workflow_id, run number, job_id)
 
 
 @dataclass(slots=True)
@@ -27,7 +27,7 @@ class Entry:
     """A job waiting to be claimed, stamped with the run it belongs to."""
 
     key: JobKey
-    run_id: int
+    run_id: int  # the run's number
     attempt: int
     labels: frozenset[str]
     job: QueuedJob

@@ -1,86 +1,106 @@
-"""The workflow actor: one per workflow, owner of its definition and current run.
+"""The workflow actor: one per workflow, owner of its definition and its live runs.
 
-Every message that changes a run names the run (`run_id`) and, for a job held
-by a worker, the lease; a message for another run or lease is refused with
-`LeaseNotActive`, never applied. This actor decides every job transition; the
-scheduler and the leases only carry out what it says.
+It holds the runs not yet finished (running, or queued for their concurrency
+group) and the latest run; older finished runs live in the store (or, with no
+store, in `System.history`). Every message that changes a run names the run
+(`number`) and, for a job held by a worker, the lease; a message for another
+run or lease is refused with `LeaseNotActive`, never applied. The transitions
+themselves are `rules.Transition`'s: this actor applies them and carries out
+their effects (queue, leases, logs, store, concurrency group).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import plan
 from .actor import Actor, Spawn
 from .clock import now_ms
-from .errors import Conflict, LeaseNotActive, NotFound
+from .errors import Conflict, Invalid, LeaseNotActive, NotFound
 from .models import (
-    TERMINAL_STATUSES,
+    Job,
     JobStatus,
     Lease,
+    LogChunk,
     QueuedJob,
+    Run,
+    RunRef,
+    RunStatus,
     Workflow,
-    backoff_delay_secs,
 )
+from .rules import Effects, JobRun, RunPlan, Transition, upstream_outputs
+from .rules import Run as RunState
 from .scheduler import Enqueue, Entry, Withdraw
-from .spec import JobSpec, WorkflowSpec, spec_to_json
-from .store import drop_lease, prune_logs, put_job, put_lease, put_run
+from .spec import WorkflowSpec, validate_inputs
+from .store import (
+    copy_logs,
+    drop_lease,
+    put_definition,
+    put_job,
+    put_lease,
+    put_run,
+    set_flag,
+)
 
 if TYPE_CHECKING:
     from .runtime import System
 
-LEASE_EXPIRED = "lease expired"
+log = logging.getLogger("workflow_graph")
+
+CANCELLED_UNRUN = "cancelled_unrun"  # the flag of a workflow cancelled before any run
 
 
 @dataclass(slots=True)
-class JobState:
-    status: JobStatus = JobStatus.queued
-    attempt: int = 0
-    started_at: int | None = None
-    duration_secs: int | None = None
-    output: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    lease_id: str | None = None
-    in_queue: bool = False
-    enqueued_at_ms: int = 0
-    delayed_until_ms: int = 0
+class LiveRun:
+    """A run the actor holds: its state, its plan, and where it sits in the store."""
 
-    def to_row(self) -> dict:
-        return {
-            "status": self.status.value,
-            "attempt": self.attempt,
-            "started_at": self.started_at,
-            "duration_secs": self.duration_secs,
-            "output": self.output,
-            "outputs": self.outputs,
-            "lease_id": self.lease_id,
-            "in_queue": self.in_queue,
-            "enqueued_at_ms": self.enqueued_at_ms,
-            "delayed_until_ms": self.delayed_until_ms,
-        }
-
-    @classmethod
-    def from_row(cls, row: dict) -> JobState:
-        return cls(**{**row, "status": JobStatus(row["status"])})
-
-
-NEVER_RUN = JobState()  # read-only: the state of every job before the first run
+    state: RunState
+    plan: RunPlan
+    seq: int  # global creation order, across workflows
+    spec_hash: str
 
 
 # --- messages ---------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class StartRun:
-    pass
+class CreateRun:
+    """Start (or queue) a run. `previous` is the run a re-run repeats."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)
+    trigger: str = "manual"
+    previous: RunState | None = None
+    previous_spec: WorkflowSpec | None = None
+    failed_only: bool = False
+    carried_logs: dict[str, list[LogChunk]] = field(default_factory=dict)
+    event: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
-class CancelRun:
-    pass
+class RunCreated:
+    number: int
+    status: RunStatus
+    group: str | None
+    cancel_in_progress: bool
+
+
+@dataclass(slots=True)
+class AdmitRun:
+    """Told by the concurrency groups: the queued run's turn has come."""
+
+    number: int
+
+
+@dataclass(slots=True)
+class CancelRuns:
+    """Cancel one run, or (number None) every unfinished run of the workflow."""
+
+    number: int | None = None
 
 
 @dataclass(slots=True)
@@ -94,13 +114,26 @@ class GetStatusCounts:
 
 
 @dataclass(slots=True)
+class GetLive:
+    """The runs held here, as wire `Run`s, by number (for history pages)."""
+
+    numbers: list[int] | None = None
+
+
+@dataclass(slots=True)
+class GetRunState:
+    number: int
+
+
+@dataclass(slots=True)
 class IsCancelled:
     job_id: str
+    number: int | None = None
 
 
 @dataclass(slots=True)
 class JobClaimed:
-    run_id: int
+    number: int
     job_id: str
     attempt: int
     lease: Lease
@@ -109,7 +142,7 @@ class JobClaimed:
 
 @dataclass(slots=True)
 class JobCompleted:
-    run_id: int
+    number: int
     job_id: str
     lease_id: str
     outputs: dict[str, str]
@@ -117,7 +150,7 @@ class JobCompleted:
 
 @dataclass(slots=True)
 class JobFailed:
-    run_id: int
+    number: int
     job_id: str
     lease_id: str
     error: str
@@ -125,12 +158,30 @@ class JobFailed:
 
 
 @dataclass(slots=True)
-class RestoredRun:
-    """A run read back from the store: its id, definition and job states."""
+class LeaseExpired:
+    number: int
+    job_id: str
+    lease_id: str
 
-    run_id: int
+
+@dataclass(slots=True)
+class Deadline:
+    """Told by the timers: a run timeout, a job timeout or a queue timeout is due."""
+
+    number: int
+    kind: str  # "run", "job" or "queue"
+    job_id: str = ""
+    lease_id: str = ""
+
+
+@dataclass(slots=True)
+class RestoredRun:
+    """A run read back from the store."""
+
+    state: RunState
     spec: WorkflowSpec
-    states: dict[str, JobState]
+    seq: int
+    spec_hash: str
 
 
 class WorkflowActor(Actor):
@@ -138,314 +189,426 @@ class WorkflowActor(Actor):
         self,
         spec: WorkflowSpec,
         system: System,
-        restored: RestoredRun | None = None,
+        restored: list[RestoredRun] = (),  # type: ignore[assignment]
+        next_number: int = 1,
+        cancelled_unrun: bool = False,
         spawn: Spawn | None = None,
     ) -> None:
         super().__init__(spawn)
         self.journal = system.journal
         self._system = system
-        self._run_id = 0
-        self._unfinished = 0  # jobs of the current run not yet terminal
-        self._dirty: set[str] = set()  # jobs changed by the message being handled
-        self._next_spec: WorkflowSpec | None = None
-        self._adopt(spec)
-        if restored is not None:
-            self._restore(spec, restored)
+        self.spec = spec  # immutable: new runs start with it; safe for others to read
+        self._live: dict[int, LiveRun] = {}
+        self._latest = 0
+        self._next_number = next_number
+        self._cancelled_unrun = cancelled_unrun
+        for stored in restored:
+            run_plan = system.run_plan(stored.spec, stored.state)
+            self._live[stored.state.number] = LiveRun(
+                stored.state, run_plan, stored.seq, stored.spec_hash
+            )
+            self._latest = max(self._latest, stored.state.number)
+            self._next_number = max(self._next_number, stored.state.number + 1)
 
     @property
     def name(self) -> str:
         return f"workflow {self.spec.id}"
 
-    def _adopt(self, spec: WorkflowSpec) -> None:
-        self.spec = spec  # immutable: safe for others to read
-        self._jobs: dict[str, JobSpec] = {j.id: j for j in spec.jobs}
-        # Only jobs that have dependents get an entry: idle workflows stay small.
-        self._dependents: dict[str, list[str]] = {}
-        for j in spec.jobs:
-            for dep in j.depends_on:
-                self._dependents.setdefault(dep, []).append(j.id)
-        # Empty until the first run: a workflow that never ran shows every job queued.
-        self._state: dict[str, JobState] = {}
-        # Per job of the current run, how many dependencies have not yet succeeded.
-        self._waiting: dict[str, int] = {}
-
-    def _materialize(self) -> dict[str, JobState]:
-        if not self._state:
-            self._state = {j.id: JobState() for j in self.spec.jobs}
-        return self._state
-
-    def _restore(self, spec: WorkflowSpec, restored: RestoredRun) -> None:
-        active = any(s.status not in TERMINAL_STATUSES for s in restored.states.values())
-        if restored.spec != spec:
-            if not active:
-                return  # the definition changed after the run ended: show it fresh
-            # A run in progress keeps the definition it started with.
-            self._adopt(restored.spec)
-            self._next_spec = spec
-        self._run_id = restored.run_id
-        states = self._materialize()
-        for job_id, state in restored.states.items():
-            if job_id in states:
-                states[job_id] = state
-        self._count_waiting()
-        if active:
-            self._unfinished = sum(
-                1 for s in self._state.values() if s.status not in TERMINAL_STATUSES
-            )
-
-    def queued_on_restore(self) -> list[tuple[int, str]]:
-        """(enqueued_at_ms, job_id) of the jobs that were waiting in the queue."""
-        return [(s.enqueued_at_ms, j) for j, s in self._state.items() if s.in_queue]
-
-    def requeue_restored(self, job_id: str) -> None:
-        self._offer(self._jobs[job_id])
-
-    def restored_leases(self) -> dict[str, str]:
-        """lease_id -> job_id of the jobs that were running."""
-        return {
-            s.lease_id: j
-            for j, s in self._state.items()
-            if s.status is JobStatus.running and s.lease_id
-        }
-
-    def terminal_jobs(self) -> list[str]:
-        return [j for j, s in self._state.items() if s.status in TERMINAL_STATUSES]
-
-    @property
-    def run_id(self) -> int:
-        return self._run_id
-
     @property
     def job_ids(self):
-        return self._jobs.keys()
+        """The ids a job of this workflow can have (its latest run's, else the definition's)."""
+        latest = self._live.get(self._latest)
+        if latest is not None:
+            return latest.plan.instances.keys()
+        return {j.id for j in self.spec.jobs}
+
+    def has_job(self, job_id: str, number: int | None = None) -> bool:
+        live = self._live.get(number if number is not None else self._latest)
+        if live is not None:
+            return job_id in live.plan.instances
+        return any(j.id == job_id for j in self.spec.jobs)
+
+    @property
+    def latest_number(self) -> int:
+        return self._latest
+
+    @property
+    def next_number(self) -> int:
+        return self._next_number
+
+    def live_runs(self) -> list[LiveRun]:
+        return list(self._live.values())
+
+    # --- recovery (before the actor runs) ---
+
+    def restored_queue(self) -> list[tuple[int, int, str]]:
+        """(enqueued_at_ms, number, job_id) of the jobs that were in the queue."""
+        return [
+            (job.enqueued_at_ms, live.state.number, job_id)
+            for live in self._live.values()
+            if live.state.active
+            for job_id, job in live.state.jobs.items()
+            if job.in_queue
+        ]
+
+    def requeue_restored(self, number: int, job_id: str) -> None:
+        self._offer(self._live[number], job_id)
+
+    def restored_leases(self) -> dict[str, tuple[int, str]]:
+        """lease_id -> (number, job_id) of the jobs that were running."""
+        return {
+            job.lease_id: (live.state.number, job_id)
+            for live in self._live.values()
+            for job_id, job in live.state.jobs.items()
+            if job.status is JobStatus.running and job.lease_id
+        }
+
+    def live_attempt(self, number: int, job_id: str) -> int:
+        return self._live[number].state.jobs[job_id].attempt
+
+    def rearm_deadlines(self) -> None:
+        for live in self._live.values():
+            if live.state.active:
+                self._arm(live, live.state.jobs)
+
+    # --- messages ---
 
     def handle(self, message):
-        try:
-            return self._handle(message)
-        finally:
-            if self._dirty and self.journal is not None:
-                for job_id in self._dirty:
-                    state = self._state[job_id].to_row()
-                    self.record(put_job(self.spec.id, job_id, self._run_id, state))
-            self._dirty.clear()
-
-    def _handle(self, message):
         match message:
             case GetStatus():
                 return self._status()
             case GetStatusCounts():
-                if not self._state:
-                    return Counter({JobStatus.queued: len(self._jobs)})
-                return Counter(s.status for s in self._state.values())
-            case IsCancelled(job_id):
-                return self._job_state(job_id).status is JobStatus.cancelled
+                return self._counts()
+            case IsCancelled(job_id, number):
+                return self._is_cancelled(job_id, number)
+            case GetLive(numbers):
+                wanted = self._live if numbers is None else numbers
+                return {n: self.view(self._live[n]) for n in wanted if n in self._live}
+            case GetRunState(number):
+                live = self._live.get(number)
+                return None if live is None else live.state
             case JobClaimed():
                 return self._claimed(message)
-            case JobCompleted():
-                self._completed(message)
-            case JobFailed():
-                self._failed(message)
-            case StartRun():
-                return self._start_run()
-            case CancelRun():
-                self._cancel()
+            case JobCompleted(number, job_id, lease_id, outputs):
+                live = self._run_of(number, lease_id)
+                self._apply(live, self._transition(live).completed(job_id, lease_id, outputs))
+            case JobFailed(number, job_id, lease_id, error, retryable):
+                live = self._run_of(number, lease_id)
+                fx = self._transition(live).failed(job_id, lease_id, error, retryable)
+                self._apply(live, fx)
+            case LeaseExpired(number, job_id, lease_id):
+                live = self._run_of(number, lease_id)
+                self._apply(live, self._transition(live).expired(job_id, lease_id))
+            case Deadline():
+                self._deadline(message)
+            case CreateRun():
+                return self._create(message)
+            case AdmitRun(number):
+                self._admit(number)
+            case CancelRuns(number):
+                self._cancel(number)
             case _:
                 raise TypeError(f"{self.name} cannot handle {message!r}")
         return None
 
     # --- queries ---
 
-    def _release(self, state: JobState) -> None:
-        """The job's lease is over: forget it here and in the store."""
-        if state.lease_id is not None:
-            self.record(drop_lease(state.lease_id))
-            state.lease_id = None
-
-    def _job_state(self, job_id: str) -> JobState:
-        if job_id not in self._jobs:
-            raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'")
-        return self._state.get(job_id, NEVER_RUN)
-
     def _status(self) -> Workflow:
-        jobs = []
-        for spec in self.spec.jobs:
-            s = self._state.get(spec.id, NEVER_RUN)
-            job = spec.as_job()
-            job.status = s.status
-            job.attempt = s.attempt
-            job.started_at = s.started_at
-            job.duration_secs = s.duration_secs
-            job.output = s.output
-            jobs.append(job)
-        return Workflow(id=self.spec.id, name=self.spec.name, trigger=self.spec.trigger, jobs=jobs)
+        live = self._live.get(self._latest)
+        if live is None:
+            workflow = self.spec.as_workflow()
+            if self._cancelled_unrun:
+                for job in workflow.jobs:
+                    job.status = JobStatus.cancelled
+            return workflow
+        return Workflow(
+            id=self.spec.id,
+            name=self.spec.name,
+            trigger=self.spec.trigger,
+            jobs=self._jobs_view(live),
+            run=RunRef(number=live.state.number, status=live.state.status),
+        )
 
-    # --- transitions ---
+    def _counts(self) -> Counter:
+        live = self._live.get(self._latest)
+        if live is None:
+            status = JobStatus.cancelled if self._cancelled_unrun else JobStatus.queued
+            return Counter({status: len(self.spec.jobs)})
+        return Counter(job.status for job in live.state.jobs.values())
 
-    def _start_run(self) -> int:
-        if self._unfinished:
+    def _is_cancelled(self, job_id: str, number: int | None) -> bool:
+        live = self._live.get(number if number is not None else self._latest)
+        if live is None:
+            if number is not None:
+                raise NotFound(f"run {number} of workflow '{self.spec.id}' is not live")
+            if not self.has_job(job_id):
+                raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'")
+            return self._cancelled_unrun
+        job = live.state.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'")
+        return job.status is JobStatus.cancelled
+
+    def view(self, live: LiveRun) -> Run:
+        return run_view(live.state, live.plan)
+
+    def _jobs_view(self, live: LiveRun) -> list[Job]:
+        return jobs_view(live.state, live.plan)
+
+    # --- runs ---
+
+    def _create(self, m: CreateRun) -> RunCreated:
+        system = self._system
+        previous = m.previous
+        spec = m.previous_spec if previous is not None and m.previous_spec else self.spec
+        inputs = validate_inputs(spec, m.inputs) if previous is None else dict(previous.inputs)
+        number = self._next_number
+        now = now_ms()
+        state = RunState(
+            workflow_id=spec.id,
+            number=number,
+            trigger=m.trigger,
+            inputs=inputs,
+            created_at_ms=now,
+            rerun_of=previous.number if previous is not None else None,
+            event=m.event if previous is None else previous.event,
+        )
+        try:
+            run_plan = system.run_plan(spec, state)
+            group = plan.concurrency_group(spec, run_plan.context)
+        except plan.EvaluationError as exc:
+            raise Invalid(f"the run cannot start: {exc}") from None
+        if group is not None and not group.strip():
+            raise Invalid("the run cannot start: its concurrency group is empty")
+        state.group = group
+        if group is None and any(live.state.active for live in self._live.values()):
             raise Conflict(f"workflow '{self.spec.id}' already has an active run")
-        if self._next_spec is not None:
-            self._adopt(self._next_spec)
-            self._next_spec = None
-        self._run_id += 1
-        self._state = {j.id: JobState() for j in self.spec.jobs}
-        self._dirty.update(self._state)
-        self._unfinished = len(self._state)
-        self._count_waiting()
-        self.record(put_run(self.spec.id, self._run_id, spec_to_json(self.spec)))
-        self.record(prune_logs(self.spec.id, self._run_id - self._system.retain_runs + 1))
-        self._system.logs_reset(self.spec.id, self._jobs, self._run_id)
-        for spec in self.spec.jobs:
-            if not spec.depends_on:
-                self._enqueue(spec, attempt=0, delay_secs=0)
-        return self._run_id
+        if previous is not None:
+            from .rules import rerun_jobs
 
-    def _enqueue(self, spec: JobSpec, attempt: int, delay_secs: int) -> None:
-        state = self._state[spec.id]
-        state.in_queue = True
-        state.attempt = attempt
-        state.enqueued_at_ms = now = now_ms()
-        state.delayed_until_ms = now + delay_secs * 1000 if delay_secs else 0
-        self._dirty.add(spec.id)
-        self._offer(spec)
+            state.jobs = rerun_jobs(previous, run_plan, m.failed_only)
+        else:
+            state.jobs = run_plan.new_jobs()
+        self._next_number += 1
+        digest, spec_json = system.spec_digest(spec)
+        live = LiveRun(state, run_plan, system.next_run_seq(), digest)
+        self._live[number] = live
+        system.history_add(live)
+        previous_latest = self._latest
+        self._latest = number
+        self.record(put_definition(digest, spec_json))
+        if self._cancelled_unrun:
+            self._cancelled_unrun = False
+            self.record(set_flag(self.spec.id, CANCELLED_UNRUN, False))
+        system.logs_open_run(spec.id, number, list(state.jobs))
+        for job_id, chunks in m.carried_logs.items():
+            if state.jobs.get(job_id) is not None and state.jobs[job_id].carried:
+                system.logs_seed(spec.id, number, job_id, chunks)
+                if previous is not None:
+                    self.record(copy_logs(spec.id, previous.number, number, job_id))
+        self._forget(previous_latest)
+        fx = Effects(run_changed=True, changed=set(state.jobs))
+        if group is None:
+            fx = self._merge(fx, self._transition(live).start())
+        self._apply(live, fx)
+        system.prune_history(spec.id, number)
+        cancel_in_progress = bool(spec.concurrency and spec.concurrency.cancel_in_progress)
+        return RunCreated(number, state.status, group, cancel_in_progress)
 
-    def _offer(self, spec: JobSpec) -> None:
+    def _admit(self, number: int) -> None:
+        live = self._live.get(number)
+        if live is None or live.state.status is not RunStatus.queued:
+            return  # cancelled meanwhile: its end already left the group
+        self._apply(live, self._transition(live).start())
+
+    def _cancel(self, number: int | None) -> None:
+        if number is None:
+            targets = [live for live in self._live.values() if live.state.active]
+            if not targets and not self._live and not self._cancelled_unrun:
+                # The contract: cancel turns every queued job to cancelled, even unrun.
+                self._cancelled_unrun = True
+                self.record(set_flag(self.spec.id, CANCELLED_UNRUN, True))
+        else:
+            live = self._live.get(number)
+            targets = [live] if live is not None and live.state.active else []
+        for live in targets:
+            self._apply(live, self._transition(live).cancel())
+
+    def _deadline(self, m: Deadline) -> None:
+        live = self._live.get(m.number)
+        if live is None or not live.state.active:
+            return
+        step = self._transition(live)
+        if m.kind == "run":
+            fx = step.timed_out()
+        elif m.kind == "queue":
+            fx = step.queue_timed_out(m.job_id)
+        else:
+            job = live.state.jobs.get(m.job_id)
+            if job is None or job.lease_id != m.lease_id or job.timeout_at_ms is None:
+                return
+            if job.timeout_at_ms > step.now:
+                return
+            fx = step.job_timed_out(m.job_id, m.lease_id)
+        self._apply(live, fx)
+
+    # --- the worker protocol ---
+
+    def _claimed(self, m: JobClaimed) -> bool:
+        live = self._live.get(m.number)
+        if live is None:
+            return False
+        step = self._transition(live)
+        if not step.claimed(m.job_id, m.attempt, m.lease.lease_id):
+            return False
+        self.record(put_lease(m.lease.lease_id, m.lease.model_dump_json(), m.number, m.deadline_ms))
+        self._apply(live, step.fx)
+        return True
+
+    def _run_of(self, number: int, lease_id: str) -> LiveRun:
+        live = self._live.get(number)
+        if live is None or not live.state.active:
+            raise LeaseNotActive(lease_id)
+        return live
+
+    # --- carrying out effects ---
+
+    def _transition(self, live: LiveRun) -> Transition:
+        return Transition(live.plan, live.state, now_ms(), cascade=not self._system.api_only)
+
+    @staticmethod
+    def _merge(first: Effects, second: Effects) -> Effects:
+        second.changed |= first.changed
+        second.run_changed = second.run_changed or first.run_changed
+        return second
+
+    def _apply(self, live: LiveRun, fx: Effects) -> None:
+        system = self._system
+        state = live.state
+        workflow_id = state.workflow_id
+        for job_id in fx.changed:
+            self.record(put_job(workflow_id, state.number, job_id, state.jobs[job_id].to_row()))
+        if fx.run_changed or fx.changed:
+            self.record(put_run(live.seq, live.spec_hash, state.to_row()))
+        for lease_id in fx.released:
+            self.record(drop_lease(lease_id))
+        for lease_id in fx.revoked:
+            system.revoke_lease(lease_id)
+        if fx.withdrawn:
+            system.scheduler.tell(
+                Withdraw([(workflow_id, state.number, job_id) for job_id in fx.withdrawn])
+            )
+        for job_id in fx.enqueued:
+            self._offer(live, job_id)
+        for job_id, final in fx.attempt_ended:
+            system.logs_job_ended(workflow_id, state.number, job_id, final)
+        self._arm(live, {job_id: state.jobs[job_id] for job_id in fx.changed})
+        if fx.run_changed and state.started_at_ms is not None and state.deadline_ms:
+            system.timers.at(state.deadline_ms, self, Deadline(state.number, "run"))
+        if fx.ended:
+            system.run_ended(state, self)
+            self._forget_finished()
+
+    def _arm(self, live: LiveRun, jobs: dict[str, JobRun]) -> None:
+        timers = self._system.timers
+        number = live.state.number
+        for job_id, job in jobs.items():
+            if job.in_queue and job.queue_deadline_ms is not None:
+                timers.at(job.queue_deadline_ms, self, Deadline(number, "queue", job_id))
+            if job.lease_id and job.timeout_at_ms is not None:
+                timers.at(job.timeout_at_ms, self, Deadline(number, "job", job_id, job.lease_id))
+        state = live.state
+        if state.status is RunStatus.running and state.deadline_ms:
+            timers.at(state.deadline_ms, self, Deadline(number, "run"))
+
+    def _offer(self, live: LiveRun, job_id: str) -> None:
         """Hand the scheduler the job as its state says: attempt, enqueue time, delay."""
-        state = self._state[spec.id]
-        delay_secs = max(0, state.delayed_until_ms - now_ms()) / 1000
-        job = QueuedJob(
-            job_id=spec.id,
-            workflow_id=self.spec.id,
-            command=spec.command,
-            required_labels=list(spec.required_labels),
-            retry_policy=spec.retry_policy,
-            attempt=state.attempt,
-            upstream_outputs={d: dict(self._state[d].outputs) for d in spec.depends_on},
-            enqueued_at_ms=state.enqueued_at_ms,
-            delayed_until_ms=state.delayed_until_ms,
-            run_id=self._run_id,
-            timeout_secs=spec.timeout_secs,
-            env=spec.env,
+        state = live.state
+        job = state.jobs[job_id]
+        inst = live.plan.instances[job_id]
+        rendered = job.rendered
+        assert rendered is not None
+        delay_secs = max(0, job.delayed_until_ms - now_ms()) / 1000
+        queued = QueuedJob(
+            job_id=job_id,
+            workflow_id=state.workflow_id,
+            command=rendered.command,
+            required_labels=list(rendered.labels),
+            retry_policy=inst.spec.retry_policy,
+            attempt=job.attempt,
+            upstream_outputs=upstream_outputs(live.plan, state, job_id),
+            enqueued_at_ms=job.enqueued_at_ms,
+            delayed_until_ms=job.delayed_until_ms,
+            run_id=state.number,
+            timeout_secs=rendered.timeout_secs,
+            env=dict(rendered.env) if rendered.env else {},
         )
         self._system.scheduler.tell(
             Enqueue(
                 Entry(
-                    key=(self.spec.id, spec.id),
-                    run_id=self._run_id,
-                    attempt=state.attempt,
-                    labels=frozenset(spec.required_labels),
-                    job=job,
+                    key=(state.workflow_id, state.number, job_id),
+                    run_id=state.number,
+                    attempt=job.attempt,
+                    labels=frozenset(rendered.labels),
+                    job=queued,
                     due=trio.current_time() + delay_secs,
                 )
             )
         )
 
-    def _claimed(self, m: JobClaimed) -> bool:
-        """Accept a claim only for the job's current run, attempt, and queue slot."""
-        state = self._state.get(m.job_id)
-        if (
-            state is None
-            or m.run_id != self._run_id
-            or not state.in_queue
-            or state.attempt != m.attempt
-            or state.status is not JobStatus.queued
-        ):
-            return False
-        state.in_queue = False
-        state.status = JobStatus.running
-        state.lease_id = m.lease.lease_id
-        state.started_at = now_ms()
-        self._dirty.add(m.job_id)
-        self.record(put_lease(m.lease.lease_id, m.lease.model_dump_json(), m.run_id, m.deadline_ms))
-        return True
+    def _forget(self, number: int) -> None:
+        """A finished run that is no longer the latest leaves memory (the store keeps it)."""
+        live = self._live.get(number)
+        if live is not None and not live.state.active and number != self._latest:
+            del self._live[number]
+            self._system.run_left_memory(self.spec.id, number)
 
-    def _held(self, run_id: int, job_id: str, lease_id: str) -> JobState:
-        state = self._state.get(job_id)
-        if (
-            state is None
-            or run_id != self._run_id
-            or state.status is not JobStatus.running
-            or state.lease_id != lease_id
-        ):
-            raise LeaseNotActive(lease_id)
-        return state
+    def _forget_finished(self) -> None:
+        for number in [n for n, live in self._live.items() if not live.state.active]:
+            self._forget(number)
 
-    def _completed(self, m: JobCompleted) -> None:
-        state = self._held(m.run_id, m.job_id, m.lease_id)
-        state.outputs = dict(m.outputs)
-        self._finish(m.job_id, JobStatus.success)
-        if self._system.api_only:
-            return
-        for dependent in self._dependents.get(m.job_id, ()):
-            self._waiting[dependent] -= 1
-            d_state = self._state[dependent]
-            if (
-                not self._waiting[dependent]
-                and d_state.status is JobStatus.queued
-                and not d_state.in_queue
-            ):
-                self._enqueue(self._jobs[dependent], attempt=0, delay_secs=0)
 
-    def _failed(self, m: JobFailed) -> None:
-        state = self._held(m.run_id, m.job_id, m.lease_id)
-        spec = self._jobs[m.job_id]
-        if m.retryable and state.attempt < spec.retry_policy.max_retries:
-            state.status = JobStatus.queued
-            self._release(state)
-            state.started_at = None
-            self._system.logs_job_ended(self.spec.id, m.job_id, final=False)
-            delay = backoff_delay_secs(spec.retry_policy.backoff, state.attempt + 1)
-            self._enqueue(spec, attempt=state.attempt + 1, delay_secs=delay)
-            return
-        state.output = m.error
-        self._finish(m.job_id, JobStatus.failure)
-        if not self._system.api_only:
-            self._skip_dependents_of(m.job_id)
+# --- views ------------------------------------------------------------------
 
-    def lease_expired(self, run_id: int, job_id: str, lease_id: str) -> None:
-        """Told by a lease whose deadline passed: a retryable failure."""
-        self.tell(JobFailed(run_id, job_id, lease_id, LEASE_EXPIRED, retryable=True))
 
-    def _count_waiting(self) -> None:
-        success = JobStatus.success
-        self._waiting = {
-            j.id: sum(1 for d in j.depends_on if self._state[d].status is not success)
-            for j in self.spec.jobs
-            if j.depends_on
-        }
+def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
+    """The run's jobs in the contract's `Job` shape, in plan order."""
+    jobs = []
+    for job_id, inst in run_plan.instances.items():
+        job_state = state.jobs.get(job_id) or JobRun()
+        spec = inst.spec
+        rendered = job_state.rendered
+        jobs.append(
+            Job(
+                id=job_id,
+                name=rendered.name if rendered else inst.name,
+                status=job_state.status,
+                command=rendered.command if rendered else spec.command,
+                duration_secs=job_state.duration_secs,
+                started_at=job_state.started_at,
+                depends_on=list(inst.needs),
+                output=job_state.output,
+                required_labels=list(rendered.labels if rendered else spec.required_labels),
+                max_retries=spec.retry_policy.max_retries,
+                attempt=job_state.attempt,
+                metadata=spec.metadata,
+                **spec.visual,
+            )
+        )
+    return jobs
 
-    def _skip_dependents_of(self, job_id: str) -> None:
-        pending = list(self._dependents.get(job_id, ()))
-        while pending:
-            dependent = pending.pop()
-            if self._state[dependent].status in TERMINAL_STATUSES:
-                continue
-            self._finish(dependent, JobStatus.skipped)
-            pending.extend(self._dependents.get(dependent, ()))
 
-    def _cancel(self) -> None:
-        withdrawn = []
-        for job_id, state in self._materialize().items():
-            if state.status not in (JobStatus.queued, JobStatus.running):
-                continue
-            if state.in_queue:
-                withdrawn.append((self.spec.id, job_id))
-            if state.lease_id is not None:
-                self._system.revoke_lease(state.lease_id)
-            self._finish(job_id, JobStatus.cancelled)
-        if withdrawn:
-            self._system.scheduler.tell(Withdraw(withdrawn))
-
-    def _finish(self, job_id: str, status: JobStatus) -> None:
-        state = self._state[job_id]
-        if state.status in TERMINAL_STATUSES:
-            return
-        state.status = status
-        state.in_queue = False
-        self._release(state)
-        self._dirty.add(job_id)
-        if state.started_at is not None:
-            state.duration_secs = max(0, round((now_ms() - state.started_at) / 1000))
-        if self._unfinished:
-            self._unfinished -= 1
-        self._system.logs_job_ended(self.spec.id, job_id, final=True)
+def run_view(state: RunState, run_plan: RunPlan) -> Run:
+    return Run(
+        workflow_id=state.workflow_id,
+        number=state.number,
+        status=state.status,
+        trigger=state.trigger,
+        inputs=state.inputs,
+        created_at_ms=state.created_at_ms,
+        started_at_ms=state.started_at_ms,
+        finished_at_ms=state.finished_at_ms,
+        rerun_of=state.rerun_of,
+        jobs=jobs_view(state, run_plan),
+        reason=state.reason,
+    )

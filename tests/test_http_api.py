@@ -259,7 +259,7 @@ async def test_list_items_are_full_workflows(api: Api):
     created = await api.create([job("a"), job("b", depends_on=["a"])], name="N", trigger="on: x")
     (listed,) = await api.list()
     assert listed == created
-    assert set(listed) == {"id", "name", "trigger", "jobs"}
+    assert set(listed) == {"id", "name", "trigger", "jobs", "run"}
     assert listed["trigger"] == "on: x"
     assert all(set(j) >= JOB_KEYS for j in listed["jobs"])
 

@@ -42,6 +42,10 @@ from actors.models import (
     LogChunk,
     LogsRequest,
     RegisterRequest,
+    RerunRequest,
+    Run,
+    RunAccepted,
+    RunRequest,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -61,6 +65,11 @@ DEFAULT_MAX_SSE_STREAMS = 256
 DEFAULT_SSE_MAX_SECS = 3600.0
 SSE_KEEPALIVE_SECS = 15.0
 MAX_LIST_LIMIT = 1000
+DEFAULT_RUNS_LIMIT = 20
+# After a stream's last chunk: a comment, then the connection stays open this long
+# (or until the client closes), so a client that stops reading at the end of the
+# stream has already read the last chunk in an earlier read.
+SSE_END_GRACE_SECS = 1.0
 
 
 # What `_list_query` accepts: up to 18 digits, no sign.
@@ -73,6 +82,15 @@ class ListQuery(BaseModel):
     status: JobStatus | None = None
 
 
+class RunsQuery(BaseModel):
+    limit: QueryNumber = DEFAULT_RUNS_LIMIT
+    offset: QueryNumber = 0
+
+
+class CancelledQuery(BaseModel):
+    run: QueryNumber | None = None
+
+
 class StreamQuery(BaseModel):
     access_token: str | None = None
 
@@ -81,6 +99,7 @@ class StreamQuery(BaseModel):
 ClaimAnswer = RootModel[Claim | None]
 CancelledAnswer = RootModel[bool]
 WorkflowList = RootModel[list[Workflow]]
+RunList = RootModel[list[Run]]
 WorkerList = RootModel[list[WorkerInfo]]
 LogChunkList = RootModel[list[LogChunk]]
 
@@ -97,7 +116,7 @@ class _Provider(OpenAPIProvider):
 
     def build_request_body(self, model, source):
         body, definitions = super().build_request_body(model, source)
-        if model is not CompleteRequest:
+        if model not in (CompleteRequest, RunRequest, RerunRequest):
             body["required"] = True
         return body, definitions
 
@@ -142,16 +161,32 @@ def _security_docs(guarded) -> dict[str, Any]:
     }
 
 
+def _query_number(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
+    return int(raw)
+
+
+def _runs_query() -> RunsQuery:
+    return RunsQuery(
+        limit=min(_query_number("limit", DEFAULT_RUNS_LIMIT), MAX_LIST_LIMIT),
+        offset=_query_number("offset", 0),
+    )
+
+
+def _run_number(raw: str) -> int:
+    """A run number from a URL: a positive integer, else 400."""
+    if not raw.isdigit() or len(raw) > 15 or int(raw) < 1:
+        raise BadRequest(f"run number must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
 def _list_query() -> ListQuery:
     args = request.args
-
-    def number(name: str, default: int) -> int:
-        raw = args.get(name)
-        if raw is None or raw == "":
-            return default
-        if not raw.isdigit() or len(raw) > 18:
-            raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
-        return int(raw)
+    number = _query_number
 
     status = args.get("status")
     if status is not None and status not in JobStatus.__members__:
@@ -256,20 +291,76 @@ def create_app(
         return _json(await runtime.get_status(workflow_id))
 
     @app.post("/api/workflows/<workflow_id>/run")
-    @document_response(Accepted, 202)
-    @_errors(401, 404, 409)
+    @document_request(RunRequest)
+    @document_response(RunAccepted, 202)
+    @_errors(400, 401, 404, 409, 413, 422)
     async def run_workflow(workflow_id: str):
-        """Start a run: every job back to queued, root jobs enqueued."""
-        run_id = await runtime.run_workflow(workflow_id)
-        return _json({"workflow_id": workflow_id, "run_id": run_id}, 202)
+        """Start a run with optional inputs; it waits as `queued` behind its concurrency
+        group. 409 when the workflow is its own group and a run is active."""
+        body = await _body(RunRequest, optional=True)
+        accepted = await runtime.run_workflow(workflow_id, body.inputs)
+        return _json(accepted, 202)
 
     @app.post("/api/workflows/<workflow_id>/cancel")
     @document_response(Accepted, 202)
     @_errors(401, 404)
     async def cancel_workflow(workflow_id: str):
-        """Cancel every queued or running job; revokes their leases."""
+        """Cancel every unfinished run: queued or running jobs are cancelled, leases revoked."""
         await runtime.cancel_workflow(workflow_id)
         return _json({"workflow_id": workflow_id}, 202)
+
+    # --- runs ---
+
+    @app.get("/api/workflows/<workflow_id>/runs")
+    @document_querystring(RunsQuery)
+    @document_response(RunList, 200)
+    @_errors(400, 401, 404)
+    async def list_runs(workflow_id: str):
+        """The workflow's retained runs, newest first."""
+        q = _runs_query()
+        return _json(await runtime.list_runs(workflow_id, q.limit, q.offset))
+
+    @app.get("/api/workflows/<workflow_id>/runs/<number>")
+    @document_response(Run, 200)
+    @_errors(400, 401, 404)
+    async def get_run(workflow_id: str, number: str):
+        """One run with its jobs; 404 for a run that never existed or was pruned."""
+        return _json(await runtime.get_run(workflow_id, _run_number(number)))
+
+    @app.post("/api/workflows/<workflow_id>/runs/<number>/rerun")
+    @document_request(RerunRequest)
+    @document_response(RunAccepted, 202)
+    @_errors(400, 401, 404, 409, 413, 422)
+    async def rerun(workflow_id: str, number: str):
+        """Run a finished run again with its inputs; `failed_only` keeps its successes."""
+        run_number = _run_number(number)
+        body = await _body(RerunRequest, optional=True)
+        return _json(await runtime.rerun(workflow_id, run_number, body.failed_only), 202)
+
+    @app.post("/api/workflows/<workflow_id>/runs/<number>/cancel")
+    @document_response(RunAccepted, 202)
+    @_errors(400, 401, 404)
+    async def cancel_run(workflow_id: str, number: str):
+        """Cancel one run, queued or running (a finished run is left as it is)."""
+        run = await runtime.cancel_run(workflow_id, _run_number(number))
+        return _json(
+            RunAccepted(workflow_id=workflow_id, number=run.number, status=run.status), 202
+        )
+
+    @app.get("/api/workflows/<workflow_id>/runs/<number>/jobs/<job_id>/logs")
+    @document_response(LogChunkList, 200)
+    @_errors(400, 401, 404)
+    async def run_job_logs(workflow_id: str, number: str, job_id: str):
+        """Every stored chunk of the job in that run, every attempt in order."""
+        return _json(await runtime.get_logs(workflow_id, job_id, _run_number(number)))
+
+    @app.get("/api/workflows/<workflow_id>/runs/<number>/jobs/<job_id>/logs/stream")
+    @document_querystring(StreamQuery)
+    @document_response(EventStream, 200)
+    @_errors(400, 401, 404, 429)
+    async def run_job_log_stream(workflow_id: str, number: str, job_id: str):
+        """Server-Sent Events of the job in that run: replay, then live chunks."""
+        return await _log_stream(workflow_id, job_id, _run_number(number))
 
     # --- workers ---
 
@@ -338,11 +429,15 @@ def create_app(
         return _json(await protocol.push_logs(runtime, lease_id, await request.get_data()))
 
     @app.get("/api/jobs/<workflow_id>/<job_id>/cancelled")
+    @document_querystring(CancelledQuery)
     @document_response(CancelledAnswer, 200)
-    @_errors(401, 404)
+    @_errors(400, 401, 404)
     async def job_cancelled(workflow_id: str, job_id: str):
-        """True exactly when the job's status is cancelled."""
-        return _json(await runtime.is_cancelled(workflow_id, job_id))
+        """True exactly when the job's status is cancelled (in the latest run, or in
+        run `?run=N`, which a worker holding a job of an older run asks about)."""
+        raw = request.args.get("run")
+        number = _run_number(raw) if raw else None
+        return _json(await runtime.is_cancelled(workflow_id, job_id, number))
 
     # --- logs ---
 
@@ -359,7 +454,10 @@ def create_app(
     @_errors(401, 404, 429)
     async def job_log_stream(workflow_id: str, job_id: str):
         """Server-Sent Events: replay, then live chunks, ending after the job ends."""
-        subscription = await runtime.subscribe_logs(workflow_id, job_id)
+        return await _log_stream(workflow_id, job_id, None)
+
+    async def _log_stream(workflow_id: str, job_id: str, number: int | None) -> Response:
+        subscription = await runtime.subscribe_logs(workflow_id, job_id, number)
         if not streams.acquire():
             subscription.live.close()
             response = _error(429, f"limit max_sse_streams ({max_sse_streams}) reached")
@@ -401,11 +499,18 @@ async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
                 # A clean end; an EventSource reconnects and gets a fresh replay.
                 yield b": stream lifetime reached, reconnect\n\n"
                 return
+            ended = False
             with trio.move_on_at(min(trio.current_time() + keepalive_secs, deadline)) as idle:
                 try:
                     chunk = await live.receive()
                 except trio.EndOfChannel:
-                    return
+                    ended = True
+            if ended:
+                # The job ended after its last chunk: say so, and let the client read
+                # that chunk before the connection closes under it.
+                yield b": end\n\n"
+                await trio.sleep(SSE_END_GRACE_SECS)
+                return
             if idle.cancelled_caught:
                 if trio.current_time() < deadline:
                     yield b": keep-alive\n\n"
