@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_http_api import Api, assert_error, assert_object, job
 
 from actors.runtime import open_runtime
-from test_http_api import Api, assert_error, assert_object, job
 from web.app import create_app
 
 RUN_KEYS = {
