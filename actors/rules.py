@@ -261,23 +261,8 @@ class Transition:
         """A worker takes the queued job; False when the claim is stale (another run,
         attempt or a job no longer in the queue), which the caller drops."""
         job = self.run.jobs.get(job_id)
-        if (
-            job is None
-            or not self.run.active
-            or not job.in_queue
-            or job.attempt != attempt
-            or job.status is not JobStatus.queued
-        ):
+        if job is None or not self.run.active or not claim_job(job, attempt, lease_id, self.now):
             return False
-        job.in_queue = False
-        job.status = JobStatus.running
-        job.lease_id = lease_id
-        job.started_at = self.now
-        job.queue_deadline_ms = None
-        timeout = job.rendered.timeout_secs if job.rendered else None
-        job.timeout_at_ms = (
-            self.now + (timeout + JOB_TIMEOUT_GRACE_SECS) * 1000 if timeout else None
-        )
         self.fx.changed.add(job_id)
         return True
 
@@ -563,6 +548,21 @@ class Transition:
         run.deadline_ms = None
         self.fx.run_changed = True
         self.fx.ended = True
+
+
+def claim_job(job: JobRun, attempt: int, lease_id: str, now: int) -> bool:
+    """The claim rule on its own (a claim touches one job and no other state): the job
+    must be in the queue at that attempt; it becomes `running` under the lease."""
+    if not job.in_queue or job.attempt != attempt or job.status is not JobStatus.queued:
+        return False
+    job.in_queue = False
+    job.status = JobStatus.running
+    job.lease_id = lease_id
+    job.started_at = now
+    job.queue_deadline_ms = None
+    timeout = job.rendered.timeout_secs if job.rendered else None
+    job.timeout_at_ms = now + (timeout + JOB_TIMEOUT_GRACE_SECS) * 1000 if timeout else None
+    return True
 
 
 def needs_context(run_plan: RunPlan, run: Run, inst: JobInstance) -> dict[str, Any]:

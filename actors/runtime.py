@@ -335,6 +335,10 @@ class Runtime:
     async def get_status(self, workflow_id: str) -> Workflow:
         return await self._workflow(workflow_id).ask(GetStatus())
 
+    async def get_definition(self, workflow_id: str) -> WorkflowSpec:
+        """The definition new runs of the workflow start with (immutable)."""
+        return self._workflow(workflow_id).spec
+
     # --- runs ---
 
     async def run_workflow(
