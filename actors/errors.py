@@ -30,3 +30,8 @@ class LeaseNotActive(Conflict):
 
     def __init__(self, lease_id: str = "") -> None:
         super().__init__(f"lease '{lease_id}' is not active")
+
+
+class Unavailable(WorkflowGraphError):
+    """The state the answer needs cannot be reached now, such as a database that is down
+    (503); nothing was changed, or the change was not acknowledged."""

@@ -37,6 +37,7 @@ from .lease import (
     deadline_from_ms,
     deadline_ms,
 )
+from .limits import Limits, stamp_chunks
 from .logs import (
     Forget,
     JobEnded,
@@ -92,25 +93,13 @@ from .workflow import (
     LiveRun,
     RestoredRun,
     WorkflowActor,
+    no_run_error,
     run_view,
 )
 
 log = logging.getLogger("workflow_graph")
 
 DEFAULT_RETAIN_RUNS = 50
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request or the whole server may hold; each names itself."""
-
-    max_workflows: int = 100_000
-    max_jobs_per_workflow: int = 5_000
-    max_labels: int = 64
-    max_log_bytes_per_job: int = 16 * 1024 * 1024
-    # A longer `wait_secs` is shortened to this; the protocol's own bound is 60.
-    max_wait_secs: float = 60.0
-    max_log_chunks_per_push: int = 10_000
 
 
 class MemoryHistory:
@@ -289,8 +278,7 @@ class Runtime:
         return actor
 
     def _check_room(self) -> None:
-        if len(self._workflows) >= self.limits.max_workflows:
-            raise LimitExceeded(f"limit max_workflows ({self.limits.max_workflows}) reached")
+        self.limits.check_room(len(self._workflows))
 
     def _workflow(self, workflow_id: str) -> WorkflowActor:
         try:
@@ -299,12 +287,7 @@ class Runtime:
             raise NotFound(f"workflow '{workflow_id}' not found") from None
 
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
-        if len(body.jobs) > self.limits.max_jobs_per_workflow:
-            raise LimitExceeded(
-                f"limit max_jobs_per_workflow ({self.limits.max_jobs_per_workflow}) exceeded"
-            )
-        for job in body.jobs:
-            self._check_labels(job.required_labels, where=f"job '{job.id}': ")
+        self.limits.check_create(body)
         spec = spec_from_create(str(uuid.uuid4()), body)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
@@ -446,12 +429,7 @@ class Runtime:
         raise self._no_run(actor, number)
 
     def _no_run(self, actor: WorkflowActor, number: int) -> NotFound:
-        if 0 < number < actor.next_number:
-            return NotFound(
-                f"run {number} of workflow '{actor.spec.id}' was pruned "
-                f"(the last {self._system.retain_runs} runs are kept)"
-            )
-        return NotFound(f"workflow '{actor.spec.id}' has no run {number}")
+        return no_run_error(actor.spec.id, number, actor.next_number, self._system.retain_runs)
 
     def _stored_state(self, stored: StoredRun) -> tuple[RunState, WorkflowSpec]:
         spec = self._system.spec_from_store(stored.spec_hash, stored.spec_json)
@@ -468,7 +446,7 @@ class Runtime:
     # --- workers ---
 
     async def register_worker(self, worker_id: str, labels: list[str]) -> WorkerInfo:
-        self._check_labels(labels)
+        self.limits.check_labels(labels)
         return await self._system.workers.ask(Register(worker_id, list(labels)))
 
     async def worker_heartbeat(self, worker_id: str) -> WorkerInfo:
@@ -476,10 +454,6 @@ class Runtime:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._system.workers.ask(ListWorkers())
-
-    def _check_labels(self, labels: list[str], where: str = "") -> None:
-        if len(labels) > self.limits.max_labels:
-            raise LimitExceeded(f"{where}limit max_labels ({self.limits.max_labels}) exceeded")
 
     # --- the worker protocol ---
 
@@ -495,7 +469,7 @@ class Runtime:
         With `wait_secs`, park until such a job arrives or the wait ends (None).
         A job offered to a claimer that has gone away goes back to the queue.
         """
-        self._check_labels(labels)
+        self.limits.check_labels(labels)
         self._system.workers.tell(Seen(worker_id, list(labels), lease_ttl_secs))
         label_set = frozenset(labels)
         park = wait_secs > 0
@@ -663,22 +637,9 @@ class Runtime:
     async def push_logs(self, lease_id: str, chunks: Iterable[LogChunkIn]) -> None:
         """Store chunks as the lease's job's, whatever ids they carry."""
         chunks = list(chunks)
-        if len(chunks) > self.limits.max_log_chunks_per_push:
-            limit = self.limits.max_log_chunks_per_push
-            raise LimitExceeded(f"limit max_log_chunks_per_push ({limit}) exceeded")
+        self.limits.check_push(chunks)
         lease = self._lease(lease_id).lease
-        now = now_ms()
-        stored = [
-            LogChunk(
-                workflow_id=lease.workflow_id,
-                job_id=lease.job_id,
-                sequence=c.sequence,
-                data=c.data,
-                timestamp_ms=c.timestamp_ms if c.timestamp_ms is not None else now,
-                stream=c.stream,
-            )
-            for c in chunks
-        ]
+        stored = stamp_chunks(lease.workflow_id, lease.job_id, chunks, now_ms())
         await self._ask_lease(lease_id, PushLogs(stored))
 
     # --- logs ---

@@ -33,7 +33,7 @@ from .models import (
     RunStatus,
     Workflow,
 )
-from .rules import Effects, JobRun, RunPlan, Transition, upstream_outputs
+from .rules import Effects, JobRun, RunPlan, Transition, rerun_jobs, upstream_outputs
 from .rules import Run as RunState
 from .scheduler import Enqueue, Entry, Withdraw
 from .spec import WorkflowSpec, validate_inputs
@@ -316,25 +316,12 @@ class WorkflowActor(Actor):
     def _status(self) -> Workflow:
         live = self._live.get(self._latest)
         if live is None:
-            workflow = self.spec.as_workflow()
-            if self._cancelled_unrun:
-                for job in workflow.jobs:
-                    job.status = JobStatus.cancelled
-            return workflow
-        return Workflow(
-            id=self.spec.id,
-            name=self.spec.name,
-            trigger=self.spec.trigger,
-            jobs=self._jobs_view(live),
-            run=RunRef(number=live.state.number, status=live.state.status),
-        )
+            return workflow_view(self.spec, None, None, self._cancelled_unrun)
+        return workflow_view(self.spec, live.state, live.plan)
 
     def _counts(self) -> Counter:
         live = self._live.get(self._latest)
-        if live is None:
-            status = JobStatus.cancelled if self._cancelled_unrun else JobStatus.queued
-            return Counter({status: len(self.spec.jobs)})
-        return Counter(job.status for job in live.state.jobs.values())
+        return status_counts(self.spec, live.state if live else None, self._cancelled_unrun)
 
     def _is_cancelled(self, job_id: str, number: int | None) -> bool:
         live = self._live.get(number if number is not None else self._latest)
@@ -361,34 +348,20 @@ class WorkflowActor(Actor):
         system = self._system
         previous = m.previous
         spec = m.previous_spec if previous is not None and m.previous_spec else self.spec
-        inputs = validate_inputs(spec, m.inputs) if previous is None else dict(previous.inputs)
         number = self._next_number
-        now = now_ms()
-        state = RunState(
-            workflow_id=spec.id,
-            number=number,
+        state, run_plan = new_run(
+            spec,
+            number,
+            now_ms(),
+            inputs=m.inputs,
             trigger=m.trigger,
-            inputs=inputs,
-            created_at_ms=now,
-            rerun_of=previous.number if previous is not None else None,
-            event=m.event if previous is None else previous.event,
+            event=m.event,
+            previous=previous,
+            failed_only=m.failed_only,
         )
-        try:
-            run_plan = system.run_plan(spec, state)
-            group = plan.concurrency_group(spec, run_plan.context)
-        except plan.EvaluationError as exc:
-            raise Invalid(f"the run cannot start: {exc}") from None
-        if group is not None and not group.strip():
-            raise Invalid("the run cannot start: its concurrency group is empty")
-        state.group = group
+        group = state.group
         if group is None and any(live.state.active for live in self._live.values()):
             raise Conflict(f"workflow '{self.spec.id}' already has an active run")
-        if previous is not None:
-            from .rules import rerun_jobs
-
-            state.jobs = rerun_jobs(previous, run_plan, m.failed_only)
-        else:
-            state.jobs = run_plan.new_jobs()
         self._next_number += 1
         digest, spec_json = system.spec_digest(spec)
         live = LiveRun(state, run_plan, system.next_run_seq(), digest)
@@ -525,24 +498,10 @@ class WorkflowActor(Actor):
         """Hand the scheduler the job as its state says: attempt, enqueue time, delay."""
         state = live.state
         job = state.jobs[job_id]
-        inst = live.plan.instances[job_id]
         rendered = job.rendered
         assert rendered is not None
         delay_secs = max(0, job.delayed_until_ms - now_ms()) / 1000
-        queued = QueuedJob(
-            job_id=job_id,
-            workflow_id=state.workflow_id,
-            command=rendered.command,
-            required_labels=list(rendered.labels),
-            retry_policy=inst.spec.retry_policy,
-            attempt=job.attempt,
-            upstream_outputs=upstream_outputs(live.plan, state, job_id),
-            enqueued_at_ms=job.enqueued_at_ms,
-            delayed_until_ms=job.delayed_until_ms,
-            run_id=state.number,
-            timeout_secs=rendered.timeout_secs,
-            env=dict(rendered.env) if rendered.env else {},
-        )
+        queued = queued_job(state, live.plan, job_id)
         self._system.scheduler.tell(
             Enqueue(
                 Entry(
@@ -596,6 +555,109 @@ def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
             )
         )
     return jobs
+
+
+def new_run(
+    spec: WorkflowSpec,
+    number: int,
+    now: int,
+    *,
+    inputs: dict[str, Any],
+    trigger: str,
+    event: dict[str, Any] | None,
+    previous: RunState | None = None,
+    failed_only: bool = False,
+) -> tuple[RunState, RunPlan]:
+    """A new run (a re-run when `previous` is given) and its plan, not yet started.
+
+    Invalid for bad inputs or a concurrency group that cannot be evaluated or is empty.
+    """
+    inputs = validate_inputs(spec, inputs) if previous is None else dict(previous.inputs)
+    state = RunState(
+        workflow_id=spec.id,
+        number=number,
+        trigger=trigger,
+        inputs=inputs,
+        created_at_ms=now,
+        rerun_of=previous.number if previous is not None else None,
+        event=event if previous is None else previous.event,
+    )
+    try:
+        run_plan = RunPlan(spec, state)
+        group = plan.concurrency_group(spec, run_plan.context)
+    except plan.EvaluationError as exc:
+        raise Invalid(f"the run cannot start: {exc}") from None
+    if group is not None and not group.strip():
+        raise Invalid("the run cannot start: its concurrency group is empty")
+    state.group = group
+    if previous is not None:
+        state.jobs = rerun_jobs(previous, run_plan, failed_only)
+    else:
+        state.jobs = run_plan.new_jobs()
+    return state, run_plan
+
+
+def no_run_error(workflow_id: str, number: int, next_number: int, retain_runs: int) -> NotFound:
+    """The 404 for a run that is not there: pruned, or never created."""
+    if 0 < number < next_number:
+        return NotFound(
+            f"run {number} of workflow '{workflow_id}' was pruned "
+            f"(the last {retain_runs} runs are kept)"
+        )
+    return NotFound(f"workflow '{workflow_id}' has no run {number}")
+
+
+def workflow_view(
+    spec: WorkflowSpec,
+    state: RunState | None,
+    run_plan: RunPlan | None,
+    cancelled_unrun: bool = False,
+) -> Workflow:
+    """The contract's `Workflow`: its latest run's jobs, or the definition's before any run
+    (all `cancelled` when the workflow was cancelled before it ever ran)."""
+    if state is None or run_plan is None:
+        workflow = spec.as_workflow()
+        if cancelled_unrun:
+            for job in workflow.jobs:
+                job.status = JobStatus.cancelled
+        return workflow
+    return Workflow(
+        id=spec.id,
+        name=spec.name,
+        trigger=spec.trigger,
+        jobs=jobs_view(state, run_plan),
+        run=RunRef(number=state.number, status=state.status),
+    )
+
+
+def status_counts(spec: WorkflowSpec, state: RunState | None, cancelled_unrun: bool) -> Counter:
+    """How many jobs of the workflow's latest run have each status (the list filter)."""
+    if state is None:
+        status = JobStatus.cancelled if cancelled_unrun else JobStatus.queued
+        return Counter({status: len(spec.jobs)})
+    return Counter(job.status for job in state.jobs.values())
+
+
+def queued_job(state: RunState, run_plan: RunPlan, job_id: str) -> QueuedJob:
+    """What a worker's claim receives for a job in the queue, as its state says."""
+    job = state.jobs[job_id]
+    inst = run_plan.instances[job_id]
+    rendered = job.rendered
+    assert rendered is not None
+    return QueuedJob(
+        job_id=job_id,
+        workflow_id=state.workflow_id,
+        command=rendered.command,
+        required_labels=list(rendered.labels),
+        retry_policy=inst.spec.retry_policy,
+        attempt=job.attempt,
+        upstream_outputs=upstream_outputs(run_plan, state, job_id),
+        enqueued_at_ms=job.enqueued_at_ms,
+        delayed_until_ms=job.delayed_until_ms,
+        run_id=state.number,
+        timeout_secs=rendered.timeout_secs,
+        env=dict(rendered.env) if rendered.env else {},
+    )
 
 
 def run_view(state: RunState, run_plan: RunPlan) -> Run:

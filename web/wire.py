@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from actors.errors import Conflict, Invalid, LimitExceeded, NotFound, WorkflowGraphError
+from actors.errors import (
+    Conflict,
+    Invalid,
+    LimitExceeded,
+    NotFound,
+    Unavailable,
+    WorkflowGraphError,
+)
 from actors.spec import DefinitionError
 
 M = TypeVar("M", bound=BaseModel)
@@ -128,6 +135,8 @@ def error_answer(exc: BaseException) -> tuple[int, str] | None:
         return 404, str(exc)
     if isinstance(exc, Conflict):
         return 409, str(exc)
+    if isinstance(exc, Unavailable):
+        return 503, str(exc)
     if isinstance(exc, LimitExceeded):
         return (413 if exc.size else 422), str(exc)
     if isinstance(exc, WorkflowGraphError):

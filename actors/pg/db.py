@@ -1,0 +1,232 @@
+"""The database from trio: one thread hop per transaction, and the notification listener.
+
+psycopg has no trio support, so a transaction is a plain synchronous function
+run in a worker thread (`Database.run`) on a pooled connection; nothing awaits
+while a transaction is open. Every connection has `statement_timeout` and
+`idle_in_transaction_session_timeout` set, so a stuck statement or a node that
+dies mid-transaction cannot hold a lock for long.
+
+Failures map to domain errors: a database that cannot be reached, or a
+connection lost before the commit was sent, is retried on a fresh connection a
+few times and then becomes `Unavailable` (503); a connection lost during the
+commit is `Unavailable` at once, since the outcome is unknown and the change was
+not acknowledged. Serialization failures and deadlocks are retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import Unavailable
+from .schema import migrate
+
+log = logging.getLogger("workflow_graph.pg")
+
+T = TypeVar("T")
+
+STATEMENT_TIMEOUT_MS = 15_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
+CONNECT_TIMEOUT_SECS = 5
+# How long a request waits for a pooled connection before it is answered 503.
+POOL_TIMEOUT_SECS = 5.0
+RETRIES = 4
+LISTEN_POLL_SECS = 0.5
+
+UNAVAILABLE = "the database is unavailable; try again"
+
+
+class Tx:
+    """One open transaction: the cursor, the transaction's instant, its notifications."""
+
+    __slots__ = ("conn", "cur", "_now", "notes")
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+        self._now: int | None = None
+        self.notes: dict[str, None] = {}  # ordered, each sent once per transaction
+
+    @property
+    def now(self) -> int:
+        """The database's clock in epoch ms, read once per transaction."""
+        if self._now is None:
+            row = self.one("SELECT wfg_now_ms()")
+            assert row is not None
+            self._now = row[0]
+        return self._now
+
+    def one(self, sql: str, params: Any = None) -> Any:
+        return self.cur.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Any = None) -> list[Any]:
+        return self.cur.execute(sql, params).fetchall()
+
+    def exec(self, sql: str, params: Any = None) -> int:
+        return self.cur.execute(sql, params).rowcount
+
+    def many(self, sql: str, params: list[Any]) -> None:
+        if params:
+            self.cur.executemany(sql, params)
+
+    def notify(self, *payload: Any) -> None:
+        """Send `payload` (JSON) on the engine's channel when the transaction commits."""
+        self.notes[json.dumps(payload, separators=(",", ":"))] = None
+
+
+class Database:
+    """A connection pool and the engine's notification channel, in one schema."""
+
+    def __init__(self, url: str, *, max_connections: int = 10) -> None:
+        self.url = url
+        self.schema = ""
+        self.channel = ""
+        self._pool = ConnectionPool(
+            url,
+            min_size=min(2, max_connections),
+            max_size=max_connections,
+            kwargs=self._connect_kwargs(),
+            configure=self._configure,
+            timeout=POOL_TIMEOUT_SECS,
+            reconnect_timeout=0,  # keep trying to refill the pool while the database is away
+            open=False,
+            name="wfg",
+        )
+        self._limiter = trio.CapacityLimiter(max_connections)
+
+    @staticmethod
+    def _connect_kwargs() -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT_SECS,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection) -> None:
+        conn.execute(
+            f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}; "
+            f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        )
+
+    def connect(self) -> psycopg.Connection:
+        """A dedicated connection outside the pool (the listener, the leader)."""
+        conn = psycopg.connect(self.url, **self._connect_kwargs())
+        self._configure(conn)
+        return conn
+
+    # --- lifecycle (blocking: called in a thread) ---
+
+    def open(self, *, migrate_schema: bool = True) -> None:
+        """Migrate (under an advisory lock), learn the schema, open the pool."""
+        with self.connect() as conn:
+            if migrate_schema:
+                migrate(conn)
+            row = conn.execute("SELECT current_schema()").fetchone()
+            self.schema = row[0] if row else "public"
+        # A channel per schema: engines sharing a database hear only their own.
+        self.channel = ("wfg_" + self.schema)[:63]
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECS * 2)
+
+    def close(self) -> None:
+        self._pool.close(timeout=2)
+
+    # --- transactions ---
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(tx, *args)` in one transaction in a worker thread; its result once
+        committed. Not cancellable while the thread runs: a change is either committed
+        and answered, or not made."""
+        return await trio.to_thread.run_sync(self._run, fn, args, limiter=self._limiter)
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        for attempt in range(RETRIES):
+            committing = False
+            try:
+                with self._pool.connection() as conn:
+                    with conn.transaction():
+                        tx = Tx(conn)
+                        result = fn(tx, *args)
+                        if tx.notes:
+                            tx.exec(
+                                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) AS n",
+                                (self.channel, list(tx.notes)),
+                            )
+                        committing = True
+                    return result
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+                if attempt == RETRIES - 1:
+                    raise Unavailable("the database kept refusing the change; try again") from None
+                time.sleep(0.005 * (attempt + 1))
+            except PoolTimeout:
+                raise Unavailable(UNAVAILABLE) from None
+            except psycopg.OperationalError as exc:
+                # Lost before the commit was sent: nothing happened; try a fresh connection.
+                if committing or attempt == RETRIES - 1 or not _connection_lost(exc):
+                    log.warning("database error: %s", exc)
+                    raise Unavailable(UNAVAILABLE) from None
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # --- notifications ---
+
+    async def listen(self, on_note: Callable[[list[Any]], None], on_connect: Callable[[], None]):
+        """Deliver every notification on the channel to `on_note` (in trio), forever;
+        after each (re)connection call `on_connect`, since notifications sent while
+        the listener was away are lost."""
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        try:
+            while True:
+                try:
+                    conn = await trio.to_thread.run_sync(self._listening_connection)
+                except psycopg.OperationalError as exc:
+                    log.warning("cannot listen for notifications (%s); retrying", exc)
+                    await trio.sleep(1.0)
+                    continue
+                on_connect()
+                try:
+                    await trio.to_thread.run_sync(
+                        self._pump, conn, on_note, token, stop, abandon_on_cancel=True
+                    )
+                except psycopg.OperationalError as exc:
+                    log.warning("lost the notification connection (%s); reconnecting", exc)
+                    await trio.sleep(0.2)
+        finally:
+            stop.set()
+
+    def _listening_connection(self) -> psycopg.Connection:
+        conn = self.connect()
+        conn.execute(f'LISTEN "{self.channel}"')
+        return conn
+
+    @staticmethod
+    def _pump(conn: psycopg.Connection, on_note, token, stop: threading.Event) -> None:
+        with conn:
+            while not stop.is_set():
+                for note in conn.notifies(timeout=LISTEN_POLL_SECS):
+                    try:
+                        payload = json.loads(note.payload)
+                    except ValueError:
+                        continue
+                    try:
+                        trio.from_thread.run_sync(on_note, payload, trio_token=token)
+                    except trio.RunFinishedError:
+                        return
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether the error is the connection going away (rather than, say, a timeout)."""
+    return not isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable)
