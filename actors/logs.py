@@ -11,7 +11,7 @@ ends by itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -118,6 +118,15 @@ class Subscribe:
 class Subscription:
     replay: list[LogChunk]
     live: trio.MemoryReceiveChannel[LogChunk]
+
+
+async def stream(subscription: Subscription) -> AsyncIterator[LogChunk]:
+    """A subscription's chunks in order: the replay, then live until the stream ends."""
+    for chunk in subscription.replay:
+        yield chunk
+    async with subscription.live:
+        async for chunk in subscription.live:
+            yield chunk
 
 
 class LogsActor(Actor):

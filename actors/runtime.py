@@ -48,6 +48,7 @@ from .logs import (
     Subscribe,
     Subscription,
     stored_log,
+    stream,
 )
 from .models import (
     TERMINAL_STATUSES,
@@ -694,12 +695,8 @@ class Runtime:
     async def stream_logs(
         self, workflow_id: str, job_id: str, number: int | None = None
     ) -> AsyncIterator[LogChunk]:
-        subscription = await self.subscribe_logs(workflow_id, job_id, number)
-        for chunk in subscription.replay:
+        async for chunk in stream(await self.subscribe_logs(workflow_id, job_id, number)):
             yield chunk
-        async with subscription.live:
-            async for chunk in subscription.live:
-                yield chunk
 
     async def stop_parking(self) -> None:
         """Answer every parked claim with None now and park no more (for shutdown)."""
@@ -719,13 +716,36 @@ async def open_runtime(
     data_dir: str | Path | None = None,
     retain_runs: int = DEFAULT_RETAIN_RUNS,
     warn=None,
-) -> AsyncIterator[Runtime]:
+    database_url: str | None = None,
+    reap_interval_secs: float = 5.0,
+    say=None,
+) -> AsyncIterator[Any]:
     """Start the actors, recover or load definitions, and yield the `Runtime`.
 
     With `data_dir` (not ":memory:"), every change is committed to SQLite there
     before it is acknowledged, and a restart recovers it. Raises `StoreError`
     when the store cannot be opened or read. Every actor stops on exit.
+
+    With `database_url`, the state lives in PostgreSQL instead and the runtime is
+    a `PgRuntime` (same API), one node of any number; `api_only` then means the
+    node takes none of the time-driven duties (`data_dir` is not used).
     """
+    if database_url:
+        from .pg import open_pg_runtime
+
+        async with open_pg_runtime(
+            database_url,
+            workflows_dir,
+            specs=specs,
+            duties=not api_only,
+            limits=limits,
+            retain_runs=retain_runs,
+            reap_interval_secs=reap_interval_secs,
+            warn=warn,
+            say=say,
+        ) as pg_runtime:
+            yield pg_runtime
+        return
     limits = limits or Limits()
     store = None
     if data_dir is not None and str(data_dir) != ":memory:":

@@ -1,0 +1,691 @@
+"""`PgRuntime`: the engine's public API with its state in PostgreSQL.
+
+The same methods, arguments, answers and errors as `actors.runtime.Runtime`, so
+`web/` cannot tell the homes apart. What is rows and what stays on a node:
+
+- rows (shared by every node): definitions, workflows, runs, jobs (with the
+  ready queue as a partial index), leases, logs, workers, the leader's queue of
+  workflows to prune;
+- per node, in trio tasks: parked claims waiting for a wake-up, log followers
+  feeding SSE subscribers, the notification listener, the leader's loop when
+  this node leads, and caches of what never changes (definitions by hash, run
+  plans, runs' concurrency groups).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import trio
+
+from ..errors import NotFound, Unavailable
+from ..limits import Limits
+from ..logs import Subscription, stream
+from ..models import (
+    Claim,
+    JobStatus,
+    Lease,
+    LogChunk,
+    LogChunkIn,
+    Run,
+    RunAccepted,
+    WorkerInfo,
+    Workflow,
+    WorkflowCreate,
+)
+from ..rules import JobRun
+from ..rules import Run as RunState
+from ..spec import WorkflowSpec, spec_from_create
+from ..store import StoreError
+from ..workflow import no_run_error, run_view, workflow_view
+from .db import Database, Tx
+from .engine import DUTY_BATCH, Engine, Loaded
+from .schema import SchemaError, lock_key
+
+log = logging.getLogger("workflow_graph")
+
+# A parked claim or a log follower looks again at least this often, so a lost
+# notification costs latency, never a stuck wait.
+POLL_FLOOR_SECS = 1.0
+STANDBY_RETRY_SECS = 1.0
+DEFAULT_REAP_INTERVAL_SECS = 5.0
+DEFAULT_RETAIN_RUNS = 50
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One parked claim or log follower on this node, and its wake-up."""
+
+    labels: frozenset[str] = frozenset()
+    event: trio.Event = field(default_factory=trio.Event)
+
+    def rearm(self) -> trio.Event:
+        self.event = trio.Event()
+        return self.event
+
+
+class _Wakeups:
+    """Per node: who waits for what. Touched only from trio's thread."""
+
+    def __init__(self) -> None:
+        self.claims: set[_Waiter] = set()
+        self.logs: dict[tuple[str, int, str], set[_Waiter]] = {}
+        self.leader = trio.Event()
+        self.parking = True
+
+    def ready(self, labels: frozenset[str]) -> None:
+        for waiter in self.claims:
+            if labels <= waiter.labels:
+                waiter.event.set()
+
+    def log(self, key: tuple[str, int, str]) -> None:
+        for waiter in self.logs.get(key, ()):
+            waiter.event.set()
+
+    def everyone(self) -> None:
+        for waiter in self.claims:
+            waiter.event.set()
+        for waiters in self.logs.values():
+            for waiter in waiters:
+                waiter.event.set()
+        self.leader.set()
+
+    def watch_log(self, key: tuple[str, int, str], waiter: _Waiter) -> None:
+        self.logs.setdefault(key, set()).add(waiter)
+
+    def unwatch_log(self, key: tuple[str, int, str], waiter: _Waiter) -> None:
+        waiters = self.logs.get(key)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self.logs[key]
+
+
+class PgRuntime:
+    """Typed entry points to the engine on PostgreSQL. Create with `open_pg_runtime`."""
+
+    api_only = False  # on PostgreSQL the cascade is part of every transaction
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        db: Database,
+        engine: Engine,
+        limits: Limits,
+        reap_interval_secs: float,
+    ) -> None:
+        self._nursery = nursery
+        self._db = db
+        self._engine = engine
+        self.limits = limits
+        self._reap_interval = reap_interval_secs
+        self._wake = _Wakeups()
+        self._workflow_count = 0
+        self.leading = False
+
+    @property
+    def workflow_count(self) -> int:
+        """How many workflows there were when the node started."""
+        return self._workflow_count
+
+    @property
+    def retain_runs(self) -> int:
+        return self._engine.retain_runs
+
+    # --- workflows ---
+
+    def add_workflow(self, spec: WorkflowSpec) -> None:
+        """Install (or update) a definition under its own id. Blocks: for start-up and
+        programs embedding the engine, not for a request path."""
+        with self._db._pool.connection() as conn, conn.transaction():
+            self._engine.put_workflow(Tx(conn), spec, from_file=True)
+
+    async def put_workflows(self, specs: Iterable[WorkflowSpec]) -> None:
+        """The definitions of WORKFLOWS_DIR, upserted by every node that starts with them."""
+        specs = list(specs)
+
+        def put(tx: Tx) -> int:
+            for spec in specs:
+                self._engine.put_workflow(tx, spec, from_file=True)
+            (count,) = tx.one("SELECT count(*) FROM workflows")
+            return count
+
+        self._workflow_count = await self._db.run(put)
+
+    async def create_workflow(self, body: WorkflowCreate) -> Workflow:
+        self.limits.check_create(body)
+        spec = spec_from_create(str(uuid.uuid4()), body)
+        await self._db.run(self._engine.create_workflow, spec, self.limits.check_room)
+        return spec.as_workflow()
+
+    async def list_workflows(
+        self, limit: int = 100, offset: int = 0, status: JobStatus | None = None
+    ) -> list[Workflow]:
+        def page(tx: Tx) -> list[Workflow]:
+            if status is None:
+                rows = tx.all(
+                    "SELECT id, spec_hash, latest, cancelled_unrun FROM workflows "
+                    "ORDER BY seq LIMIT %s OFFSET %s",
+                    (limit, offset),
+                )
+            else:
+                rows = tx.all(
+                    "SELECT w.id, w.spec_hash, w.latest, w.cancelled_unrun FROM workflows w "
+                    "WHERE (w.latest = 0 AND %(s)s = CASE WHEN w.cancelled_unrun "
+                    "THEN 'cancelled' ELSE 'queued' END) OR EXISTS (SELECT 1 FROM jobs j "
+                    "WHERE j.workflow_id = w.id AND j.number = w.latest "
+                    "AND j.state->>'status' = %(s)s) ORDER BY w.seq LIMIT %(l)s OFFSET %(o)s",
+                    {"s": status.value, "l": limit, "o": offset},
+                )
+            return self._views(tx, rows)
+
+        return await self._db.run(page)
+
+    def _views(self, tx: Tx, rows: list[Any]) -> list[Workflow]:
+        engine = self._engine
+        latest = {wid: n for wid, _, n, _ in rows if n}
+        runs: dict[str, Loaded] = {}
+        if latest:
+            ids, numbers = list(latest), list(latest.values())
+            for wid, _, digest, record in tx.all(
+                "SELECT r.workflow_id, r.number, r.spec_hash, r.record FROM runs r "
+                "JOIN unnest(%s::text[], %s::int[]) AS p(w, n) "
+                "ON r.workflow_id = p.w AND r.number = p.n",
+                (ids, numbers),
+            ):
+                state = RunState.from_row(record, {})
+                spec = engine.spec(tx, digest)
+                runs[wid] = Loaded(0, digest, state, engine.plan(spec, digest, state))
+            for wid, job_id, row in tx.all(
+                "SELECT j.workflow_id, j.job_id, j.state FROM jobs j "
+                "JOIN unnest(%s::text[], %s::int[]) AS p(w, n) "
+                "ON j.workflow_id = p.w AND j.number = p.n",
+                (ids, numbers),
+            ):
+                runs[wid].state.jobs[job_id] = JobRun.from_row(row)
+        views = []
+        for wid, digest, _, cancelled_unrun in rows:
+            spec = engine.spec(tx, digest)
+            loaded = runs.get(wid)
+            if loaded is None:
+                views.append(workflow_view(spec, None, None, cancelled_unrun))
+            else:
+                views.append(workflow_view(spec, loaded.state, loaded.plan))
+        return views
+
+    async def get_status(self, workflow_id: str) -> Workflow:
+        def status(tx: Tx) -> Workflow:
+            row = self._engine.workflow_row(tx, workflow_id)
+            return self._views(tx, [(workflow_id, *row[:1], row[2], row[3])])[0]
+
+        return await self._db.run(status)
+
+    async def get_definition(self, workflow_id: str) -> WorkflowSpec:
+        """The definition new runs of the workflow start with (immutable)."""
+
+        def definition(tx: Tx) -> WorkflowSpec:
+            digest = self._engine.workflow_row(tx, workflow_id)[0]
+            return self._engine.spec(tx, digest)
+
+        return await self._db.run(definition)
+
+    # --- runs ---
+
+    async def run_workflow(
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        trigger: str = "manual",
+        event: dict[str, Any] | None = None,
+    ) -> RunAccepted:
+        """Start a run, or queue it behind its concurrency group. Conflict when the
+        workflow is its own group and a run is active; Invalid for bad inputs."""
+        return await self._db.run(
+            self._engine.create_run, workflow_id, dict(inputs or {}), trigger, event
+        )
+
+    async def rerun(self, workflow_id: str, number: int, failed_only: bool = False) -> RunAccepted:
+        """Run run `number` again with its inputs; `failed_only` keeps what succeeded."""
+        return await self._db.run(
+            self._engine.create_run, workflow_id, {}, "rerun", None, number, failed_only
+        )
+
+    async def cancel_workflow(self, workflow_id: str) -> None:
+        """Cancel every unfinished run of the workflow (the contract's cancel)."""
+        numbers = await self._db.run(self._engine.active_runs, workflow_id)
+        if not numbers:
+            await self._db.run(self._engine.mark_cancelled_unrun, workflow_id)
+        for number in numbers:  # one transaction per run: each takes its own group lock
+            await self._db.run(self._engine.cancel_run, workflow_id, number)
+
+    async def cancel_run(self, workflow_id: str, number: int) -> Run:
+        await self.get_run(workflow_id, number)  # 404 for an unknown or pruned run
+        await self._db.run(self._engine.cancel_run, workflow_id, number)
+        return await self.get_run(workflow_id, number)
+
+    async def list_runs(self, workflow_id: str, limit: int = 20, offset: int = 0) -> list[Run]:
+        """The workflow's retained runs, newest first."""
+
+        def page(tx: Tx) -> list[Run]:
+            self._engine.workflow_row(tx, workflow_id)
+            numbers = tx.all(
+                "SELECT number FROM runs WHERE workflow_id = %s ORDER BY number DESC "
+                "LIMIT %s OFFSET %s",
+                (workflow_id, limit, offset),
+            )
+            runs = []
+            for (number,) in numbers:
+                loaded = self._engine.read_run(tx, workflow_id, number)
+                if loaded is not None:
+                    runs.append(run_view(loaded.state, loaded.plan))
+            return runs
+
+        return await self._db.run(page)
+
+    async def get_run(self, workflow_id: str, number: int) -> Run:
+        def one(tx: Tx) -> Run:
+            loaded = self._run(tx, workflow_id, number)
+            return run_view(loaded.state, loaded.plan)
+
+        return await self._db.run(one)
+
+    def _run(self, tx: Tx, workflow_id: str, number: int) -> Loaded:
+        _, next_number, _, _ = self._engine.workflow_row(tx, workflow_id)
+        loaded = self._engine.read_run(tx, workflow_id, number)
+        if loaded is None:
+            raise no_run_error(workflow_id, number, next_number, self.retain_runs)
+        return loaded
+
+    async def is_cancelled(self, workflow_id: str, job_id: str, number: int | None = None) -> bool:
+        def cancelled(tx: Tx) -> bool:
+            digest, _, latest, cancelled_unrun = self._engine.workflow_row(tx, workflow_id)
+            wanted = latest if number is None else number
+            loaded = self._engine.read_run(tx, workflow_id, wanted) if wanted else None
+            if loaded is None:
+                if number is not None:
+                    raise NotFound(f"run {number} of workflow '{workflow_id}' is not live")
+                if all(j.id != job_id for j in self._engine.spec(tx, digest).jobs):
+                    raise NotFound(f"job '{job_id}' not found in workflow '{workflow_id}'")
+                return cancelled_unrun
+            job = loaded.state.jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"job '{job_id}' not found in workflow '{workflow_id}'")
+            return job.status is JobStatus.cancelled
+
+        return await self._db.run(cancelled)
+
+    # --- workers ---
+
+    async def register_worker(self, worker_id: str, labels: list[str]) -> WorkerInfo:
+        self.limits.check_labels(labels)
+        return await self._db.run(self._engine.register_worker, worker_id, list(labels))
+
+    async def worker_heartbeat(self, worker_id: str) -> WorkerInfo:
+        return await self._db.run(self._engine.worker_heartbeat, worker_id)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._db.run(self._engine.worker_info, "", ())
+
+    # --- the worker protocol ---
+
+    async def claim(
+        self,
+        worker_id: str,
+        labels: list[str],
+        lease_ttl_secs: int = 30,
+        wait_secs: float = 0,
+    ) -> Claim | None:
+        """The oldest claimable job whose labels the worker has, under a new lease.
+
+        With `wait_secs`, park until such a job arrives or the wait ends (None). A
+        claim whose caller is cancelled before the answer gives its job back.
+        """
+        self.limits.check_labels(labels)
+        park = wait_secs > 0 and self._wake.parking
+        deadline = trio.current_time() + min(wait_secs, self.limits.max_wait_secs)
+        waiter = _Waiter(frozenset(labels))
+        if park:
+            self._wake.claims.add(waiter)
+        try:
+            seen = True
+            while True:
+                wake = waiter.rearm()
+                got = await self._db.run(
+                    self._engine.claim, worker_id, list(labels), lease_ttl_secs, seen
+                )
+                seen = False
+                if got is not None:
+                    claim, before = got
+                    try:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                    except BaseException:
+                        with trio.CancelScope(shield=True):
+                            await self._db.run(self._engine.give_back, claim, before)
+                        raise
+                    return claim
+                if not park or not self._wake.parking or trio.current_time() >= deadline:
+                    return None
+                with trio.move_on_at(min(deadline, trio.current_time() + POLL_FLOOR_SECS)):
+                    await wake.wait()
+        finally:
+            self._wake.claims.discard(waiter)
+
+    async def heartbeat(self, lease_id: str) -> Lease:
+        return await self._db.run(self._engine.heartbeat, lease_id)
+
+    async def complete(self, lease_id: str, outputs: dict[str, str]) -> None:
+        outputs = dict(outputs)
+        await self._db.run(
+            self._engine.report,
+            lease_id,
+            lambda step, job_id, lease: step.completed(job_id, lease, outputs),
+        )
+
+    async def fail(self, lease_id: str, error: str, retryable: bool = False) -> None:
+        await self._db.run(
+            self._engine.report,
+            lease_id,
+            lambda step, job_id, lease: step.failed(job_id, lease, error, retryable),
+        )
+
+    async def push_logs(self, lease_id: str, chunks: Iterable[LogChunkIn]) -> None:
+        """Store chunks as the lease's job's, whatever ids they carry."""
+        chunks = list(chunks)
+        self.limits.check_push(chunks)
+        await self._db.run(self._engine.push_logs, lease_id, chunks)
+
+    # --- logs ---
+
+    def _log_target(self, tx: Tx, workflow_id: str, job_id: str, number: int | None) -> int:
+        """The run a log request means (the latest when `number` is None; 0 before any
+        run), checked."""
+        digest, next_number, latest, _ = self._engine.workflow_row(tx, workflow_id)
+        missing = NotFound(f"job '{job_id}' not found in workflow '{workflow_id}'")
+        if number is None:
+            if latest == 0:
+                if all(j.id != job_id for j in self._engine.spec(tx, digest).jobs):
+                    raise missing
+                return 0
+            number = latest
+        elif not tx.one(
+            "SELECT 1 FROM runs WHERE workflow_id = %s AND number = %s", (workflow_id, number)
+        ):
+            raise no_run_error(workflow_id, number, next_number, self.retain_runs)
+        if not tx.one(
+            "SELECT 1 FROM jobs WHERE workflow_id = %s AND number = %s AND job_id = %s",
+            (workflow_id, number, job_id),
+        ):
+            if number == latest:
+                raise missing
+            raise NotFound(f"job '{job_id}' not found in run {number} of workflow '{workflow_id}'")
+        return number
+
+    async def get_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> list[LogChunk]:
+        """Every stored chunk of the job in run `number` (default: the latest run)."""
+        max_bytes = self.limits.max_log_bytes_per_job
+
+        def read(tx: Tx) -> list[LogChunk]:
+            found = self._log_target(tx, workflow_id, job_id, number)
+            if found == 0:
+                return []
+            return self._engine.read_log(tx, (workflow_id, found, job_id), max_bytes)
+
+        return await self._db.run(read)
+
+    async def subscribe_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> Subscription:
+        """Replay plus a live channel that closes after the job's last chunk, wherever
+        the chunks were pushed and the job ended."""
+        max_bytes = self.limits.max_log_bytes_per_job
+        waiter = _Waiter()
+
+        def replay(tx: Tx) -> tuple[int, list[LogChunk], int, bool]:
+            found = self._log_target(tx, workflow_id, job_id, number)
+            if found == 0:
+                return 0, [], 0, False
+            key = (workflow_id, found, job_id)
+            (last,) = tx.one(
+                "SELECT coalesce(max(id), 0) FROM logs WHERE workflow_id = %s AND number = %s "
+                "AND job_id = %s",
+                key,
+            )
+            ended = self._engine.follow_log(tx, key, last)[2]
+            return found, self._engine.read_log(tx, key, max_bytes), last, ended
+
+        found, chunks, last, ended = await self._db.run(replay)
+        send, receive = trio.open_memory_channel[LogChunk](math.inf)
+        if ended:
+            send.close()
+        else:
+            key = (workflow_id, found, job_id)
+            self._wake.watch_log(key, waiter)
+            self._nursery.start_soon(self._follow, key, last, send, waiter)
+        return Subscription(replay=chunks, live=receive)
+
+    async def _follow(
+        self,
+        key: tuple[str, int, str],
+        after: int,
+        send: trio.MemorySendChannel[LogChunk],
+        waiter: _Waiter,
+    ) -> None:
+        """Feed one subscriber until the job ends or the subscriber goes away."""
+        workflow_id, number, job_id = key
+        try:
+            with send:
+                while send.statistics().open_receive_channels:
+                    wake = waiter.rearm()
+                    if number == 0:  # a stream opened before the first run follows it in
+                        number = await self._db.run(self._latest_number, workflow_id)
+                        if number:
+                            self._wake.unwatch_log(key, waiter)
+                            key = (workflow_id, number, job_id)
+                            self._wake.watch_log(key, waiter)
+                    if number:
+                        try:
+                            chunks, after, ended = await self._db.run(
+                                self._engine.follow_log, key, after
+                            )
+                        except Unavailable:
+                            chunks, ended = [], False  # the database is away: look again later
+                        for chunk in chunks:
+                            send.send_nowait(chunk)
+                        if ended:
+                            return
+                    with trio.move_on_after(POLL_FLOOR_SECS):
+                        await wake.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._wake.unwatch_log(key, waiter)
+
+    @staticmethod
+    def _latest_number(tx: Tx, workflow_id: str) -> int:
+        row = tx.one("SELECT latest FROM workflows WHERE id = %s", (workflow_id,))
+        return row[0] if row else 0
+
+    async def stream_logs(
+        self, workflow_id: str, job_id: str, number: int | None = None
+    ) -> AsyncIterator[LogChunk]:
+        async for chunk in stream(await self.subscribe_logs(workflow_id, job_id, number)):
+            yield chunk
+
+    async def stop_parking(self) -> None:
+        """Answer every parked claim on this node with None now and park no more."""
+        self._wake.parking = False
+        for waiter in self._wake.claims:
+            waiter.event.set()
+
+    async def queue_stats(self) -> dict[str, int]:
+        def stats(tx: Tx) -> dict[str, int]:
+            ready, delayed = tx.one(
+                "SELECT count(*) FILTER (WHERE ready), count(*) FILTER (WHERE due_ms IS NOT NULL) "
+                "FROM jobs WHERE ready OR due_ms IS NOT NULL"
+            )
+            return {"ready": ready, "delayed": delayed}
+
+        counts = await self._db.run(stats)
+        return {**counts, "parked_claims": len(self._wake.claims)}
+
+    # --- notifications ---
+
+    def _on_note(self, payload: list[Any]) -> None:
+        kind = payload[0] if payload else None
+        if kind == "r":
+            self._wake.ready(frozenset(json.loads(payload[1])))
+        elif kind in ("l", "e"):
+            self._wake.log((payload[1], payload[2], payload[3]))
+        elif kind == "w":
+            self._wake.leader.set()
+
+    def _on_listening(self) -> None:
+        # Whatever was sent while the listener was away is lost: everyone looks again.
+        self._wake.everyone()
+
+    # --- the leader's time-driven duties ---
+
+    async def run_duties(self) -> int | None:
+        """Do every duty that is due now, once; milliseconds until the next known
+        deadline (None: none). Each is a conditional change, so two leaders only
+        waste work."""
+        engine, db = self._engine, self._db
+        while True:
+            due = await db.run(engine.due)
+            for lease_id in due["leases"]:
+                await db.run(engine.expire_lease, lease_id)
+            for workflow_id, number, job_id in due["queue"]:
+                await db.run(engine.deadline, "queue", workflow_id, number, job_id)
+            for workflow_id, number, job_id, lease_id in due["job"]:
+                await db.run(engine.deadline, "job", workflow_id, number, job_id, lease_id)
+            for workflow_id, number in due["run"]:
+                await db.run(engine.deadline, "run", workflow_id, number)
+            promoted = await db.run(engine.promote_due)
+            await db.run(engine.prune)
+            if max(len(v) for v in due.values()) < DUTY_BATCH and promoted < DUTY_BATCH:
+                break
+        return await db.run(engine.next_deadline_ms)
+
+    async def lead(self, say=None) -> None:
+        """Hold leadership (a session advisory lock on a connection of its own) when
+        it is free and do the duties every reap interval and at the deadlines known;
+        stand by and retry otherwise. Runs until cancelled."""
+        key = lock_key(self._db.schema, "leader")
+        while True:
+            conn: psycopg.Connection | None = None
+            try:
+                conn = await trio.to_thread.run_sync(self._db.connect)
+                if not await trio.to_thread.run_sync(_try_lock, conn, key):
+                    await _close(conn)
+                    conn = None
+                    await trio.sleep(STANDBY_RETRY_SECS)
+                    continue
+                self.leading = True
+                if say:
+                    say("workflow-graph: this node leads the time-driven duties")
+                while True:
+                    self._wake.leader = trio.Event()
+                    wait_ms = await self.run_duties()
+                    await trio.to_thread.run_sync(conn.execute, "SELECT 1")
+                    wait = self._reap_interval
+                    if wait_ms is not None:
+                        wait = min(wait, max(0.005, wait_ms / 1000))
+                    with trio.move_on_after(wait):
+                        await self._wake.leader.wait()
+            except (psycopg.Error, Unavailable) as exc:
+                if self.leading:
+                    log.warning("lost leadership (%s); retrying", exc)
+                self.leading = False
+                await trio.sleep(STANDBY_RETRY_SECS)
+            finally:
+                if conn is not None:
+                    with trio.CancelScope(shield=True):
+                        await _close(conn)
+                self.leading = False
+
+
+def _try_lock(conn: psycopg.Connection, key: int) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
+
+
+async def _close(conn: psycopg.Connection) -> None:
+    await trio.to_thread.run_sync(conn.close)
+
+
+def describe_url(url: str) -> str:
+    """The database URL without its password, for log lines."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unreadable DATABASE_URL)"
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+
+
+async def open_database(url: str, *, migrate: bool = True) -> Database:
+    db = Database(url)
+    try:
+        await trio.to_thread.run_sync(lambda: db.open(migrate_schema=migrate))
+    except (psycopg.Error, SchemaError) as exc:
+        raise StoreError(f"cannot use the database {describe_url(url)}: {exc}".strip()) from None
+    except Exception as exc:  # the pool's own timeout when the database is unreachable
+        raise StoreError(f"cannot reach the database {describe_url(url)}: {exc}") from None
+    return db
+
+
+@asynccontextmanager
+async def open_pg_runtime(
+    database_url: str,
+    workflows_dir: str | Path | None = None,
+    *,
+    specs: Iterable[WorkflowSpec] = (),
+    duties: bool = True,
+    limits: Limits | None = None,
+    retain_runs: int = DEFAULT_RETAIN_RUNS,
+    reap_interval_secs: float = DEFAULT_REAP_INTERVAL_SECS,
+    warn=None,
+    say=None,
+) -> AsyncIterator[PgRuntime]:
+    """Migrate, upsert the file definitions, listen, lead when `duties` (and free),
+    and yield the `PgRuntime`. Raises `StoreError` when the database cannot be used."""
+    loaded = list(specs)
+    if workflows_dir is not None:
+        from ..definitions import load_workflows_dir
+
+        kwargs = {"warn": warn} if warn is not None else {}
+        loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
+    db = await open_database(database_url)
+    try:
+        engine = Engine(db.schema, max(1, retain_runs))
+        async with trio.open_nursery() as nursery:
+            runtime = PgRuntime(nursery, db, engine, limits or Limits(), reap_interval_secs)
+            try:
+                await runtime.put_workflows(loaded)
+            except Unavailable as exc:
+                raise StoreError(f"cannot store the definitions: {exc}") from None
+            nursery.start_soon(db.listen, runtime._on_note, runtime._on_listening)
+            if duties:
+                nursery.start_soon(runtime.lead, say)
+            try:
+                yield runtime
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(db.close)
+
+
+__all__ = ["PgRuntime", "open_pg_runtime"]
