@@ -113,3 +113,20 @@ def live_server(workflows_dir: Path, server_factory) -> ServerProcess:
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "workflows"
+
+
+# --- the engine's homes (see homes.py) ---
+
+
+@pytest.fixture
+def home(request: pytest.FixtureRequest):
+    """The embedded home; a contract test module overrides this with both homes."""
+    from homes import make_home
+
+    yield from make_home(request, "embedded")
+
+
+@pytest.fixture
+def autojump_clock(home):
+    """trio's autojumping MockClock, or on PostgreSQL one that moves the database's too."""
+    return home.clock

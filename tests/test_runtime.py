@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from homes import HOMES, make_home
 
-from actors import Conflict, LeaseNotActive, NotFound, open_runtime
+from actors import Conflict, LeaseNotActive, NotFound
 from actors.clock import now_ms
 from actors.models import JobStatus, WorkflowCreate
 from actors.spec import spec_from_create
@@ -27,9 +28,14 @@ def statuses(wf) -> dict[str, str]:
     return {j.id: j.status.value for j in wf.jobs}
 
 
+@pytest.fixture(params=HOMES)
+def home(request):
+    yield from make_home(request, request.param)
+
+
 @pytest.fixture
-async def rt():
-    async with open_runtime() as runtime:
+async def rt(home):
+    async with home.open() as runtime:
         yield runtime
 
 
@@ -38,9 +44,7 @@ async def run(rt, spec):
     await rt.run_workflow(spec.id)
 
 
-async def test_cascade_passes_outputs_and_dependents_keep_their_own_policy(
-    rt, autojump_clock
-):
+async def test_cascade_passes_outputs_and_dependents_keep_their_own_policy(rt, autojump_clock):
     spec = workflow(
         "w",
         {"id": "a"},
@@ -338,8 +342,8 @@ async def test_worker_registry_status(rt, autojump_clock):
     assert workers["idle-one"].status == "idle"  # 30 s default TTL: 90 s to go offline
 
 
-async def test_api_only_has_no_cascade_and_no_expiry(autojump_clock):
-    async with open_runtime(api_only=True) as rt:
+async def test_api_only_has_no_cascade_and_no_expiry(home, autojump_clock):
+    async with home.open(api_only=True) as rt:
         await run(rt, workflow("w", {"id": "a"}, {"id": "b", "depends_on": ["a"]}))
         claim = await rt.claim("w1", [], lease_ttl_secs=1)
         await trio.sleep(100)

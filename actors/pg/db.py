@@ -86,6 +86,9 @@ class Tx:
 class Database:
     """A connection pool and the engine's notification channel, in one schema."""
 
+    # Thread hops on their way, process-wide: a test clock jumps only when none is.
+    busy = 0
+
     def __init__(self, url: str, *, max_connections: int = 10) -> None:
         self.url = url
         self.schema = ""
@@ -149,7 +152,15 @@ class Database:
         """Run `fn(tx, *args)` in one transaction in a worker thread; its result once
         committed. Not cancellable while the thread runs: a change is either committed
         and answered, or not made."""
-        return await trio.to_thread.run_sync(self._run, fn, args, limiter=self._limiter)
+        return await self.thread(self._run, fn, args, limiter=self._limiter)
+
+    async def thread(self, fn: Callable[..., T], *args: Any, limiter=None) -> T:
+        """`fn(*args)` in a worker thread (a blocking database call)."""
+        Database.busy += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            Database.busy -= 1
 
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         for attempt in range(RETRIES):
@@ -191,7 +202,7 @@ class Database:
         try:
             while True:
                 try:
-                    conn = await trio.to_thread.run_sync(self._listening_connection)
+                    conn = await self.thread(self._listening_connection)
                 except psycopg.OperationalError as exc:
                     log.warning("cannot listen for notifications (%s); retrying", exc)
                     await trio.sleep(1.0)

@@ -586,9 +586,9 @@ class PgRuntime:
         while True:
             conn: psycopg.Connection | None = None
             try:
-                conn = await trio.to_thread.run_sync(self._db.connect)
-                if not await trio.to_thread.run_sync(_try_lock, conn, key):
-                    await _close(conn)
+                conn = await self._db.thread(self._db.connect)
+                if not await self._db.thread(_try_lock, conn, key):
+                    await self._db.thread(conn.close)
                     conn = None
                     await trio.sleep(STANDBY_RETRY_SECS)
                     continue
@@ -598,7 +598,7 @@ class PgRuntime:
                 while True:
                     self._wake.leader = trio.Event()
                     wait_ms = await self.run_duties()
-                    await trio.to_thread.run_sync(conn.execute, "SELECT 1")
+                    await self._db.thread(conn.execute, "SELECT 1")
                     wait = self._reap_interval
                     if wait_ms is not None:
                         wait = min(wait, max(0.005, wait_ms / 1000))
@@ -612,17 +612,13 @@ class PgRuntime:
             finally:
                 if conn is not None:
                     with trio.CancelScope(shield=True):
-                        await _close(conn)
+                        await self._db.thread(conn.close)
                 self.leading = False
 
 
 def _try_lock(conn: psycopg.Connection, key: int) -> bool:
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
     return bool(row and row[0])
-
-
-async def _close(conn: psycopg.Connection) -> None:
-    await trio.to_thread.run_sync(conn.close)
 
 
 def describe_url(url: str) -> str:

@@ -3,7 +3,8 @@
 Tables live in the connection's current schema (the first of its `search_path`),
 so one database can hold several independent engines (the tests use one schema
 each). `wfg_now_ms()` is the one clock of every node: `clock_timestamp()` plus an
-offset kept in a one-row table, which tests shift instead of sleeping.
+offset kept in a one-row table, which tests shift instead of sleeping (or a
+frozen instant, which they move forward: time that passes only when a test says).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ SCHEMA_VERSION = 1
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS clock (
-    id int PRIMARY KEY CHECK (id = 1), offset_ms bigint NOT NULL
+    id int PRIMARY KEY CHECK (id = 1), offset_ms bigint NOT NULL, frozen_ms bigint
 );
-INSERT INTO clock VALUES (1, 0) ON CONFLICT DO NOTHING;
+INSERT INTO clock VALUES (1, 0, NULL) ON CONFLICT DO NOTHING;
 CREATE OR REPLACE FUNCTION wfg_now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS $$
-    SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint + offset_ms
+    SELECT coalesce(frozen_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + offset_ms)
     FROM clock WHERE id = 1
 $$;
 CREATE SEQUENCE IF NOT EXISTS enqueue_seq;
