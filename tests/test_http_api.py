@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from homes import HOMES, Home, make_home
 
 from actors.runtime import open_runtime
 from web.app import create_app
@@ -215,23 +216,26 @@ class Api:
 
 
 @asynccontextmanager
-async def serve(*, api_only: bool = False, **app_kwargs: Any) -> AsyncIterator[Api]:
-    """A runtime and the app over it, with a test client."""
-    async with open_runtime(api_only=api_only) as runtime:
+async def serve(
+    *, home: Home | None = None, api_only: bool = False, **app_kwargs: Any
+) -> AsyncIterator[Api]:
+    """A runtime (of `home`, default embedded) and the app over it, with a test client."""
+    opened = home.open(api_only=api_only) if home else open_runtime(api_only=api_only)
+    async with opened as runtime:
         app = create_app(runtime, **app_kwargs)
         async with app.test_app() as test_app:
             yield Api(test_app.test_client(), runtime)
 
 
+@pytest.fixture(params=HOMES)
+def home(request):
+    yield from make_home(request, request.param)
+
+
 @pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    async with serve() as a:
+async def api(home: Home) -> AsyncIterator[Api]:
+    async with serve(home=home) as a:
         yield a
-
-
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 def now_epoch_ms() -> int:

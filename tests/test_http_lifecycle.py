@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 import trio.testing
+from homes import HOMES, Home, make_home
 from test_http_api import (
     LOG_CHUNK_KEYS,
     Api,
@@ -25,15 +26,15 @@ from test_http_api import (
 )
 
 
+@pytest.fixture(params=HOMES)
+def home(request):
+    yield from make_home(request, request.param)
+
+
 @pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    async with serve() as a:
+async def api(home: Home) -> AsyncIterator[Api]:
+    async with serve(home=home) as a:
         yield a
-
-
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 # --- helpers ------------------------------------------------------------------

@@ -436,11 +436,10 @@ class Engine:
                 fx.ended = False  # the group moves on below, once
                 self.write(tx, victim, fx)
         self.admit_next(tx, state.group)
-        (status,) = tx.one(
-            "SELECT status FROM runs WHERE workflow_id = %s AND number = %s",
-            (workflow_id, state.number),
-        )
-        return RunAccepted(workflow_id=workflow_id, number=state.number, status=RunStatus(status))
+        # The answer is the admission's, as the embedded engine gives it: a run that
+        # waited for the holder it cancelled reads `queued`, though it may start at once.
+        status = RunStatus.running if admission.start else RunStatus.queued
+        return RunAccepted(workflow_id=workflow_id, number=state.number, status=status)
 
     def _insert_run(self, tx: Tx, state: RunState, digest: str) -> None:
         tx.exec(
