@@ -130,3 +130,27 @@ def home(request: pytest.FixtureRequest):
 def autojump_clock(home):
     """trio's autojumping MockClock, or on PostgreSQL one that moves the database's too."""
     return home.clock
+
+
+@pytest.fixture(scope="session")
+def pg_schema(request: pytest.FixtureRequest):
+    """The PostgreSQL tests' schema (a URL), made once per session."""
+    from homes import session_schema
+
+    yield from session_schema(request)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.embedded_only` tests run on the embedded home only: their PostgreSQL
+    case is deselected (not skipped: a skipped PostgreSQL test fails CI)."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("home") == "postgres"
+        if on_postgres and item.get_closest_marker("embedded_only"):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

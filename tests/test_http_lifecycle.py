@@ -406,8 +406,8 @@ async def test_sse_ends_when_a_queued_job_is_cancelled(api: Api, autojump_clock)
             assert conn.status_code == 200
 
 
-async def test_sse_keepalive_comments_while_idle(autojump_clock):
-    async with serve(sse_keepalive_secs=2) as api:
+async def test_sse_keepalive_comments_while_idle(home: Home, autojump_clock):
+    async with serve(home=home, sse_keepalive_secs=2) as api:
         wf = await api.create_and_run([job("a")])
         claim = await api.claim_job(lease_ttl_secs=600)
         with trio.fail_after(300):
@@ -474,6 +474,7 @@ async def test_api_only_complete_does_not_enqueue_dependents():
         assert await api.claim() is None
 
 
+@pytest.mark.embedded_only
 async def test_api_only_leases_do_not_expire(autojump_clock):
     async with serve(api_only=True) as api:
         wf = await api.create_and_run([job("a", max_retries=3)])

@@ -342,8 +342,9 @@ async def test_worker_registry_status(rt, autojump_clock):
     assert workers["idle-one"].status == "idle"  # 30 s default TTL: 90 s to go offline
 
 
-async def test_api_only_has_no_cascade_and_no_expiry(home, autojump_clock):
-    async with home.open(api_only=True) as rt:
+@pytest.mark.embedded_only
+async def test_api_only_has_no_cascade_and_no_expiry(autojump_clock):
+    async with open_runtime(api_only=True) as rt:
         await run(rt, workflow("w", {"id": "a"}, {"id": "b", "depends_on": ["a"]}))
         claim = await rt.claim("w1", [], lease_ttl_secs=1)
         await trio.sleep(100)
