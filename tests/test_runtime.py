@@ -11,7 +11,7 @@ import pytest
 import trio
 from homes import HOMES, make_home
 
-from actors import Conflict, LeaseNotActive, NotFound
+from actors import Conflict, LeaseNotActive, NotFound, open_runtime
 from actors.clock import now_ms
 from actors.models import JobStatus, WorkflowCreate
 from actors.spec import spec_from_create
