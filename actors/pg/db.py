@@ -105,6 +105,9 @@ class Database:
             name="wfg",
         )
         self._limiter = trio.CapacityLimiter(max_connections)
+        # Told each committed transaction's notifications at once, in trio: this node's
+        # own waiters need not wait for the round trip through the database.
+        self.on_commit: Callable[[list[Any]], None] | None = None
 
     @staticmethod
     def _connect_kwargs() -> dict[str, Any]:
@@ -152,7 +155,11 @@ class Database:
         """Run `fn(tx, *args)` in one transaction in a worker thread; its result once
         committed. Not cancellable while the thread runs: a change is either committed
         and answered, or not made."""
-        return await self.thread(self._run, fn, args, limiter=self._limiter)
+        result, notes = await self.thread(self._run, fn, args, limiter=self._limiter)
+        if notes and self.on_commit is not None:
+            for note in notes:
+                self.on_commit(json.loads(note))
+        return result
 
     async def thread(self, fn: Callable[..., T], *args: Any, limiter=None) -> T:
         """`fn(*args)` in a worker thread (a blocking database call)."""
@@ -162,7 +169,7 @@ class Database:
         finally:
             Database.busy -= 1
 
-    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, list[str]]:
         for attempt in range(RETRIES):
             committing = False
             try:
@@ -176,7 +183,7 @@ class Database:
                                 (self.channel, list(tx.notes)),
                             )
                         committing = True
-                    return result
+                    return result, list(tx.notes)
             except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
                 if attempt == RETRIES - 1:
                     raise Unavailable("the database kept refusing the change; try again") from None

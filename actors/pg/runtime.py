@@ -673,6 +673,7 @@ async def open_pg_runtime(
                 await runtime.put_workflows(loaded)
             except Unavailable as exc:
                 raise StoreError(f"cannot store the definitions: {exc}") from None
+            db.on_commit = runtime._on_note
             nursery.start_soon(db.listen, runtime._on_note, runtime._on_listening)
             if duties:
                 nursery.start_soon(runtime.lead, say)
