@@ -18,6 +18,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Limits, open_runtime
+from actors.pg.runtime import describe_url, open_database
+from actors.pg.schema import SCHEMA_VERSION
 from actors.store import StoreError
 
 from .app import (
@@ -93,6 +95,8 @@ class ServerSettings:
     max_wait_secs: float = Limits.max_wait_secs
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS
+    # PostgreSQL shared by every node; None: the embedded engine (SQLite in DATA_DIR).
+    database_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -127,6 +131,7 @@ class ServerSettings:
             max_wait_secs=_max_wait_secs(env),
             max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
             sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
+            database_url=env.get("DATABASE_URL", "").strip() or None,
         )
 
     def limits(self) -> Limits:
@@ -243,6 +248,9 @@ async def _main(settings: ServerSettings) -> None:
         retain_runs=settings.retain_runs,
         limits=settings.limits(),
         warn=lambda line: print(line, file=sys.stderr, flush=True),
+        database_url=settings.database_url,
+        reap_interval_secs=settings.reap_interval_secs,
+        say=say,
     ) as runtime:
         app = create_app(
             runtime,
@@ -255,12 +263,18 @@ async def _main(settings: ServerSettings) -> None:
         )
         url = _url(sock)
         say(f"workflow-graph: {runtime.workflow_count} workflow(s) loaded")
-        if settings.api_only:
-            say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
-        if settings.data_dir == ":memory:":
-            say("workflow-graph: state is kept in memory only (DATA_DIR=:memory:)")
+        if settings.database_url:
+            where = describe_url(settings.database_url)
+            say(f"workflow-graph: state is kept in PostgreSQL, {where}")
+            if settings.api_only:
+                say("workflow-graph: API_ONLY: this node takes none of the time-driven duties")
         else:
-            say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
+            if settings.api_only:
+                say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
+            if settings.data_dir == ":memory:":
+                say("workflow-graph: state is kept in memory only (DATA_DIR=:memory:)")
+            else:
+                say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
         say(f"workflow-graph listening on {url}")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -278,6 +292,76 @@ async def _main(settings: ServerSettings) -> None:
             stop.set()
 
 
+async def _schedule(settings: ServerSettings) -> None:
+    """The standalone scheduler: no HTTP; the time-driven duties while it leads."""
+    assert settings.database_url is not None
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    stop = trio.Event()
+    async with open_runtime(
+        database_url=settings.database_url,
+        retain_runs=settings.retain_runs,
+        reap_interval_secs=settings.reap_interval_secs,
+        limits=settings.limits(),
+        say=say,
+    ):
+        say(
+            f"workflow-graph scheduler on {describe_url(settings.database_url)}: "
+            "standing by until it holds leadership"
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, stop)
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+
+def _needs_database(settings: ServerSettings, command: str) -> int | None:
+    if settings.database_url:
+        return None
+    print(
+        f"workflow-graph: wfg {command} needs DATABASE_URL (the PostgreSQL the nodes share)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def scheduler(settings: ServerSettings) -> int:
+    """Run the standalone scheduler until SIGINT/SIGTERM; the process exit code."""
+    if (code := _needs_database(settings, "scheduler")) is not None:
+        return code
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        trio.run(_schedule, settings)
+    except StoreError as exc:
+        print(f"workflow-graph: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def migrate(settings: ServerSettings) -> int:
+    """Create or upgrade the PostgreSQL schema, then exit."""
+    if (code := _needs_database(settings, "migrate")) is not None:
+        return code
+    assert settings.database_url is not None
+
+    async def run() -> str:
+        db = await open_database(settings.database_url or "")
+        await trio.to_thread.run_sync(db.close)
+        return db.schema
+
+    try:
+        schema = trio.run(run)
+    except StoreError as exc:
+        print(f"workflow-graph: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"workflow-graph: schema version {SCHEMA_VERSION} ready in "
+        f"{describe_url(settings.database_url)} (schema {schema})"
+    )
+    return 0
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
@@ -291,14 +375,23 @@ def serve(settings: ServerSettings) -> int:
     return 0
 
 
-def main(**overrides) -> int:
-    """Serve with settings from the environment, then `overrides` (the CLI's flags)."""
+def main(command=serve, **overrides) -> int:
+    """Run `command` (serve, scheduler, migrate) with settings from the environment,
+    then `overrides` (the CLI's flags)."""
     try:
         settings = ServerSettings.from_env(os.environ).with_overrides(**overrides)
     except SettingsError as exc:
         print(f"workflow-graph: {exc}", file=sys.stderr)
         return 2
-    return serve(settings)
+    return command(settings)
 
 
-__all__ = ["ServerSettings", "SettingsError", "bind_socket", "main", "serve"]
+__all__ = [
+    "ServerSettings",
+    "SettingsError",
+    "bind_socket",
+    "main",
+    "migrate",
+    "scheduler",
+    "serve",
+]

@@ -326,6 +326,25 @@ def serve_command(**options: Any) -> None:
     sys.exit(serve_main(**options))
 
 
+@cli.command("scheduler")
+def scheduler_command() -> None:
+    """Run the standalone scheduler of a PostgreSQL deployment (env DATABASE_URL):
+    no HTTP; lease expiry, backoff, timeouts and pruning while it holds leadership."""
+    from web.server import main as server_main
+    from web.server import scheduler
+
+    sys.exit(server_main(scheduler))
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the PostgreSQL schema (env DATABASE_URL), then exit."""
+    from web.server import main as server_main
+    from web.server import migrate
+
+    sys.exit(server_main(migrate))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console-script entry point."""
     cli.main(args=argv, prog_name="wfg")

@@ -636,10 +636,9 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
     db = Database(url)
     try:
         await trio.to_thread.run_sync(lambda: db.open(migrate_schema=migrate))
-    except (psycopg.Error, SchemaError) as exc:
-        raise StoreError(f"cannot use the database {describe_url(url)}: {exc}".strip()) from None
-    except Exception as exc:  # the pool's own timeout when the database is unreachable
-        raise StoreError(f"cannot reach the database {describe_url(url)}: {exc}") from None
+    except Exception as exc:  # psycopg's, the schema's, the pool's own timeout
+        reason = " ".join(str(exc).split())  # one line
+        raise StoreError(f"cannot use the database {describe_url(url)}: {reason}") from None
     return db
 
 
