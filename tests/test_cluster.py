@@ -318,3 +318,88 @@ def test_scheduler_without_a_database_says_so():
     assert done.stderr.strip().splitlines() == [
         "workflow-graph: wfg scheduler needs DATABASE_URL (the PostgreSQL the nodes share)"
     ]
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A throw-away PostgreSQL cluster of this test's own (the shared server is not
+    restarted under others' feet): its URL and `pg_ctl(action)`."""
+    import socket
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"the PostgreSQL restart test needs PostgreSQL's server binaries in {PG_BIN}")
+    root = Path(tempfile.mkdtemp(prefix="wfg-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to `postgres`
+        import shutil
+
+        shutil.chown(root, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run(
+        [*as_owner, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def pg_ctl(action: str) -> None:
+        extra = ["-m", "immediate"] if action in ("stop", "restart") else []
+        subprocess.run(
+            [*as_owner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options]
+            + ["-l", str(root / "log"), "-w", *extra, action],
+            check=True,
+            capture_output=True,
+        )
+
+    pg_ctl("start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", pg_ctl
+    finally:
+        subprocess.run(
+            [*as_owner, str(PG_BIN / "pg_ctl"), "-D", str(data), "stop", "-m", "fast"],
+            capture_output=True,
+        )
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_every_node_survives_the_database_restarting(private_postgres, tmp_path: Path):
+    url, pg_ctl = private_postgres
+    cluster = Cluster(url, tmp_path)
+    try:
+        node = cluster.start(1, API_ONLY="0")[0]
+        wf = create(node, [{"id": "a"}, {"id": "b", "depends_on": ["a"]}])
+        assert node.post(f"/api/workflows/{wf}/run").status_code == 202
+        lease = claim(node)["lease"]["lease_id"]
+        pg_ctl("stop")
+        down = node.get("/api/workflows")  # answered, not hung: 503 with a JSON error
+        assert down.status_code == 503
+        assert "unavailable" in down.json()["error"]
+        pg_ctl("start")
+        until(
+            lambda: node.post(f"/api/jobs/{lease}/heartbeat").status_code == 200,
+            timeout=20,
+            what="the node to reconnect",
+        )
+        assert node.post(f"/api/jobs/{lease}/complete", json={}).status_code == 200
+        nxt = claim(node)
+        assert nxt["job"]["job_id"] == "b"
+        pg_ctl("restart")
+        until(
+            lambda: node.post(f"/api/jobs/{nxt['lease']['lease_id']}/complete").status_code == 200,
+            timeout=20,
+            what="the node to reconnect after a restart",
+        )
+        assert statuses(node, wf) == {"a": "success", "b": "success"}
+        assert cluster.nodes[0].process.poll() is None
+    finally:
+        cluster.stop()

@@ -206,14 +206,19 @@ class Database:
         the listener was away are lost."""
         token = trio.lowlevel.current_trio_token()
         stop = threading.Event()
+        quiet = False  # said once per outage, not once per retry
         try:
             while True:
                 try:
                     conn = await self.thread(self._listening_connection)
                 except psycopg.OperationalError as exc:
-                    log.warning("cannot listen for notifications (%s); retrying", exc)
+                    if not quiet:
+                        reason = " ".join(str(exc).split())
+                        log.warning("cannot listen for notifications (%s); retrying", reason)
+                        quiet = True
                     await trio.sleep(1.0)
                     continue
+                quiet = False
                 on_connect()
                 try:
                     await trio.to_thread.run_sync(
