@@ -13,6 +13,7 @@ from . import (
     durability,
     end_to_end,
     http_throughput,
+    postgres,
     record,
     runtime_inprocess,
     scale,
@@ -21,7 +22,15 @@ from .outcome import Outcome
 
 SCENARIOS = {
     m.NAME: m
-    for m in (http_throughput, dispatch_latency, runtime_inprocess, scale, end_to_end, durability)
+    for m in (
+        http_throughput,
+        dispatch_latency,
+        runtime_inprocess,
+        scale,
+        end_to_end,
+        durability,
+        postgres,
+    )
 }
 
 

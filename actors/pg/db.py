@@ -39,10 +39,14 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
 CONNECT_TIMEOUT_SECS = 5
 # How long a request waits for a pooled connection before it is answered 503.
 POOL_TIMEOUT_SECS = 5.0
-RETRIES = 4
+RETRIES = 8
 LISTEN_POLL_SECS = 0.5
 
 UNAVAILABLE = "the database is unavailable; try again"
+
+
+class Stale(Exception):
+    """A row the transaction read changed before it wrote it back: do it all again."""
 
 
 class Tx:
@@ -74,9 +78,12 @@ class Tx:
     def exec(self, sql: str, params: Any = None) -> int:
         return self.cur.execute(sql, params).rowcount
 
-    def many(self, sql: str, params: list[Any]) -> None:
-        if params:
-            self.cur.executemany(sql, params)
+    def many(self, sql: str, params: list[Any]) -> int:
+        """Run `sql` once per parameter set; the rows it changed in all."""
+        if not params:
+            return 0
+        self.cur.executemany(sql, params)
+        return self.cur.rowcount
 
     def notify(self, *payload: Any) -> None:
         """Send `payload` (JSON) on the engine's channel when the transaction commits."""
@@ -184,7 +191,7 @@ class Database:
                             )
                         committing = True
                     return result, list(tx.notes)
-            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, Stale):
                 if attempt == RETRIES - 1:
                     raise Unavailable("the database kept refusing the change; try again") from None
                 time.sleep(0.005 * (attempt + 1))

@@ -10,8 +10,13 @@ back what the `Effects` say. No rule of a run is written here.
 Claims, heartbeats and log pushes are plain SQL on single rows and take no run
 lock: a claim takes the oldest ready head among the label sets the worker can
 serve (`FOR UPDATE SKIP LOCKED`), marks it with `rules.claim_job` and inserts
-the lease. A run transaction reads its jobs `FOR UPDATE`, so it sees a claim
-that committed before it and a claim never takes a job a run transaction holds.
+the lease. A run transaction does not lock its jobs' rows as it reads them (a
+claim would skip every ready job of a run being changed and answer null): each
+row carries a version, bumped by every write, and the transaction writes a job
+back only at the version it read. A claim is the only change to a job without
+the run's lock, and it changes no decision about the run's other jobs; should it
+have taken a job the transaction changes, the write finds another version and
+the whole transaction runs again (`Stale`).
 
 Notifications (sent at commit, once per payload per transaction):
 `["r", label_key]` a job became claimable; `["l", wf, number, job]` log chunks;
@@ -24,7 +29,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -51,7 +56,7 @@ from ..spec import WorkflowSpec, spec_from_json, spec_to_json
 from ..store import spec_hash
 from ..workers import DEFAULT_TTL_SECS, WorkerRecord
 from ..workflow import new_run, no_run_error, queued_job
-from .db import Tx
+from .db import Stale, Tx
 from .schema import lock_key
 
 ACTIVE = ("queued", "running")
@@ -72,6 +77,7 @@ class Loaded:
     spec_hash: str
     state: RunState
     plan: RunPlan
+    versions: dict[str, int] = field(default_factory=dict)  # of the job rows, as read
 
 
 class Engine:
@@ -150,14 +156,14 @@ class Engine:
         spec = self.spec(tx, digest)
         return Loaded(seq, digest, state, self.plan(spec, digest, state))
 
-    def load_jobs(self, tx: Tx, loaded: Loaded, lock: bool = True) -> None:
+    def load_jobs(self, tx: Tx, loaded: Loaded) -> None:
         state = loaded.state
         rows = tx.all(
-            "SELECT job_id, state FROM jobs WHERE workflow_id = %s AND number = %s"
-            + (" ORDER BY job_id FOR UPDATE" if lock else ""),
+            "SELECT job_id, state, version FROM jobs WHERE workflow_id = %s AND number = %s",
             (state.workflow_id, state.number),
         )
-        state.jobs = {job_id: JobRun.from_row(row) for job_id, row in rows}
+        state.jobs = {job_id: JobRun.from_row(row) for job_id, row, _ in rows}
+        loaded.versions = {job_id: version for job_id, _, version in rows}
 
     def locked(self, tx: Tx, workflow_id: str, number: int) -> Loaded | None:
         loaded = self.lock_run(tx, workflow_id, number)
@@ -176,7 +182,7 @@ class Engine:
         seq, digest, record = row
         state = RunState.from_row(record, {})
         loaded = Loaded(seq, digest, state, self.plan(self.spec(tx, digest), digest, state))
-        self.load_jobs(tx, loaded, lock=False)
+        self.load_jobs(tx, loaded)
         return loaded
 
     # --- writing back what a transition did ---
@@ -215,15 +221,16 @@ class Engine:
                     wf,
                     number,
                     job_id,
+                    loaded.versions.get(job_id, 0),
                 )
             )
             if job.queue_deadline_ms is not None:
                 tx.notify("w")
-        tx.many(
+        written = tx.many(
             "UPDATE jobs SET state = %s, ready = %s, label_key = %s, "
             "enqueue_seq = CASE WHEN %s THEN nextval('enqueue_seq') END, due_ms = %s, "
-            "payload = %s, queue_deadline_ms = %s, timeout_at_ms = NULL "
-            "WHERE workflow_id = %s AND number = %s AND job_id = %s",
+            "payload = %s, queue_deadline_ms = %s, timeout_at_ms = NULL, version = version + 1 "
+            "WHERE workflow_id = %s AND number = %s AND job_id = %s AND version = %s",
             queued_rows,
         )
         done = set(enqueued)
@@ -243,16 +250,21 @@ class Engine:
                     wf,
                     number,
                     job_id,
+                    loaded.versions.get(job_id, 0),
                 )
             )
         # A job still in the queue keeps its place (ready, due time, payload); any
         # other loses it.
-        tx.many(
+        written += tx.many(
             "UPDATE jobs SET state = %s, queue_deadline_ms = %s, timeout_at_ms = %s, "
-            "ready = ready AND %s, due_ms = CASE WHEN %s THEN due_ms END "
-            "WHERE workflow_id = %s AND number = %s AND job_id = %s",
+            "ready = ready AND %s, due_ms = CASE WHEN %s THEN due_ms END, version = version + 1 "
+            "WHERE workflow_id = %s AND number = %s AND job_id = %s AND version = %s",
             other_rows,
         )
+        if written != len(queued_rows) + len(other_rows):
+            raise Stale(f"a job of run {number} of {wf} changed meanwhile")
+        for job_id in done.union(row[-2] for row in other_rows):
+            loaded.versions[job_id] = loaded.versions.get(job_id, 0) + 1
         for key in dict.fromkeys(ready_keys):
             self._record_label_set(tx, key)
             tx.notify("r", key)
@@ -523,7 +535,8 @@ class Engine:
             return None
         tx.exec(
             "UPDATE jobs SET state = %s, ready = false, queue_deadline_ms = NULL, "
-            "timeout_at_ms = %s WHERE workflow_id = %s AND number = %s AND job_id = %s",
+            "timeout_at_ms = %s, version = version + 1 "
+            "WHERE workflow_id = %s AND number = %s AND job_id = %s",
             (Jsonb(job.to_row()), job.timeout_at_ms, workflow_id, number, job_id),
         )
         if job.timeout_at_ms is not None:
@@ -573,7 +586,8 @@ class Engine:
         job = JobRun.from_row(before)
         tx.exec(
             "UPDATE jobs SET state = %s, ready = true, queue_deadline_ms = %s, "
-            "timeout_at_ms = NULL WHERE workflow_id = %s AND number = %s AND job_id = %s",
+            "timeout_at_ms = NULL, version = version + 1 "
+            "WHERE workflow_id = %s AND number = %s AND job_id = %s",
             (
                 Jsonb(before),
                 job.queue_deadline_ms,

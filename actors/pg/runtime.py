@@ -49,7 +49,7 @@ from ..store import StoreError
 from ..workflow import no_run_error, run_view, workflow_view
 from .db import Database, Tx
 from .engine import DUTY_BATCH, Engine, Loaded
-from .schema import SchemaError, lock_key
+from .schema import lock_key
 
 log = logging.getLogger("workflow_graph")
 

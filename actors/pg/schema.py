@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     payload text,
     queue_deadline_ms bigint,
     timeout_at_ms bigint,
+    version int NOT NULL DEFAULT 0,
     PRIMARY KEY (workflow_id, number, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (label_key, enqueue_seq) WHERE ready;
