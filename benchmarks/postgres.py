@@ -161,7 +161,8 @@ def _queue_elsewhere(url: str, count: int) -> None:
         conn.execute(
             "INSERT INTO jobs (workflow_id, number, job_id, state, ready, label_key, "
             "enqueue_seq, payload) SELECT 'elsewhere', 1, 'e' || g, '{}', true, "
-            "'[\"elsewhere\"]', nextval('enqueue_seq'), '{}' FROM generate_series(%s::int, %s::int) g "
+            "'[\"elsewhere\"]', nextval('enqueue_seq'), '{}' "
+            "FROM generate_series(%s::int, %s::int) g "
             "ON CONFLICT DO NOTHING",
             (1, count),
         )
