@@ -14,6 +14,7 @@ from . import (
     end_to_end,
     http_throughput,
     record,
+    runs,
     runtime_inprocess,
     scale,
 )
@@ -21,7 +22,15 @@ from .outcome import Outcome
 
 SCENARIOS = {
     m.NAME: m
-    for m in (http_throughput, dispatch_latency, runtime_inprocess, scale, end_to_end, durability)
+    for m in (
+        http_throughput,
+        dispatch_latency,
+        runtime_inprocess,
+        scale,
+        runs,
+        end_to_end,
+        durability,
+    )
 }
 
 
