@@ -28,6 +28,10 @@ from actors.models import (
     LogChunkIn,
     LogsRequest,
     RegisterRequest,
+    RerunRequest,
+    Run,
+    RunAccepted,
+    RunRequest,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -187,20 +191,50 @@ def create_workflow(body: WorkflowCreate) -> Call[Workflow]:
     return Call("POST", "/api/workflows", reader(Workflow), body=body)
 
 
-def run_workflow(workflow_id: str) -> Call[None]:
-    return Call("POST", f"/api/workflows/{segment(workflow_id)}/run", ignore)
+def run_workflow(workflow_id: str, inputs: Mapping[str, Any] | None) -> Call[RunAccepted]:
+    # No inputs, no body: the contract's run takes none.
+    body = None if inputs is None else RunRequest(inputs=dict(inputs))
+    return Call(
+        "POST", f"/api/workflows/{segment(workflow_id)}/run", reader(RunAccepted), body=body
+    )
 
 
 def cancel_workflow(workflow_id: str) -> Call[None]:
     return Call("POST", f"/api/workflows/{segment(workflow_id)}/cancel", ignore)
 
 
-def logs_path(workflow_id: str, job_id: str) -> str:
-    return f"/api/workflows/{segment(workflow_id)}/jobs/{segment(job_id)}/logs"
+def run_path(workflow_id: str, number: int) -> str:
+    return f"/api/workflows/{segment(workflow_id)}/runs/{number}"
 
 
-def get_job_logs(workflow_id: str, job_id: str) -> Call[list[LogChunk]]:
-    return Call("GET", logs_path(workflow_id, job_id), reader(list[LogChunk]))
+def list_runs(workflow_id: str, limit: int | None, offset: int | None) -> Call[list[Run]]:
+    params = {k: v for k, v in (("limit", limit), ("offset", offset)) if v is not None}
+    path = f"/api/workflows/{segment(workflow_id)}/runs"
+    return Call("GET", path, reader(list[Run]), params=params)
+
+
+def get_run(workflow_id: str, number: int) -> Call[Run]:
+    return Call("GET", run_path(workflow_id, number), reader(Run))
+
+
+def rerun(workflow_id: str, number: int, failed_only: bool) -> Call[RunAccepted]:
+    body = RerunRequest(failed_only=failed_only)
+    return Call("POST", run_path(workflow_id, number) + "/rerun", reader(RunAccepted), body=body)
+
+
+def cancel_run(workflow_id: str, number: int) -> Call[RunAccepted]:
+    return Call("POST", run_path(workflow_id, number) + "/cancel", reader(RunAccepted))
+
+
+def logs_path(workflow_id: str, job_id: str, run: int | None = None) -> str:
+    """The job's log in run `run`, or in the latest run (the contract's path) when None."""
+    if run is None:
+        return f"/api/workflows/{segment(workflow_id)}/jobs/{segment(job_id)}/logs"
+    return f"{run_path(workflow_id, run)}/jobs/{segment(job_id)}/logs"
+
+
+def get_logs(workflow_id: str, job_id: str, run: int | None) -> Call[list[LogChunk]]:
+    return Call("GET", logs_path(workflow_id, job_id, run), reader(list[LogChunk]))
 
 
 def list_workers() -> Call[list[WorkerInfo]]:
@@ -251,6 +285,7 @@ def push_logs(lease_id: str, chunks: Iterable[ChunkSource]) -> Call[None]:
     return Call("POST", f"/api/jobs/{segment(lease_id)}/logs", ignore, body=body, worker=True)
 
 
-def is_cancelled(workflow_id: str, job_id: str) -> Call[bool]:
+def is_cancelled(workflow_id: str, job_id: str, run: int | None) -> Call[bool]:
     path = f"/api/jobs/{segment(workflow_id)}/{segment(job_id)}/cancelled"
-    return Call("GET", path, reader(bool), worker=True)
+    params = {} if run is None else {"run": run}
+    return Call("GET", path, reader(bool), params=params, worker=True)
