@@ -30,6 +30,7 @@ from quart_trio import QuartTrio
 
 from actors import Runtime
 from actors.models import ErrorBody, Job
+from actors.spec import WorkflowSpec
 
 # Box size and spacing of the drawing, in CSS pixels; the page draws boxes this size.
 NODE_WIDTH = 200
@@ -273,19 +274,15 @@ class LayoutCache:
             body = self._cached(workflow_id)
             if body is None:
                 layout = await trio.to_thread.run_sync(compute_layout, workflow.id, workflow.jobs)
-                self._describe(layout)
+                self._describe(layout, await self._runtime.get_definition(workflow_id))
                 body = layout.model_dump_json()
                 self._bodies[workflow_id] = body
                 while len(self._bodies) > self._capacity:
                     self._bodies.popitem(last=False)
         return body
 
-    def _describe(self, layout: WorkflowLayout) -> None:
-        """Add the declared inputs and concurrency group (read from the immutable spec)."""
-        actor = self._runtime._workflows.get(layout.workflow_id)
-        if actor is None:  # gone since its status was read: the drawing alone is still right
-            return
-        spec = actor.spec
+    def _describe(self, layout: WorkflowLayout, spec: WorkflowSpec) -> None:
+        """Add the declared inputs and concurrency group (from the immutable spec)."""
         layout.inputs = [
             InputField(
                 name=i.name,
