@@ -432,7 +432,7 @@ def with_job(**fields: object) -> dict[str, object]:
         ),
         (
             {"name": "T", "jobs": {"a": {"steps": [{"run": "x", "uses": "y"}]}}},
-            "job 'a' step 1 has unknown field 'uses'",
+            "job 'a' step 1 uses an action ('y'): actions are not supported",
         ),
         (
             {"name": "T", "jobs": {"a": {"steps": [{"run": "x", "name": 1}]}}},
