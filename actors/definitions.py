@@ -92,6 +92,7 @@ _ID_RE = re.compile(ID_PATTERN)
 _INPUT_NAME_RE = re.compile(INPUT_NAME_PATTERN)
 _STEP_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FIELD_POSITION = re.compile(r" at (?:line \d+, )?column \d+")
 # Workers set WFG_OUTPUT, WFG_ATTEMPT, ...; an export of the same name in the
 # command would silently cut the job off from its outputs.
 _RESERVED_ENV_PREFIX = "WFG_"
@@ -743,6 +744,10 @@ class _Reader:
             self.dropped += 1
             return
         where, line, column = self.locate(path, key, offset)
+        if line is not None and offset is not None:
+            # The expression's own "at column N" counts within the field; the file's
+            # line and column replace it.
+            message = _FIELD_POSITION.sub("", message, count=1)
         self.problems.append(Problem(message, path=where, line=line, column=column))
 
     def name(self, key: str) -> str:
@@ -754,7 +759,11 @@ class _Reader:
 
     def raise_problems(self) -> None:
         if self.problems:
-            problems = list(self.problems)
+            # In reading order where the text says it; the rest (graph rules) after.
+            problems = sorted(
+                self.problems,
+                key=lambda p: (p.line is None, p.line or 0, p.column or 0),
+            )
             if self.dropped:
                 problems.append(Problem(f"... and {self.dropped} more problems"))
             raise DefinitionError(problems)
@@ -1441,7 +1450,9 @@ class _Reader:
                 "write the step as run commands",
                 key=True,
             )
-        self.refuse_unknown(step, path, _STEP_FIELDS | {"uses"}, where, _STEP_HINTS)
+        # `with` is the action's arguments: the refused `uses` already covers it.
+        known = _STEP_FIELDS | ({"uses", "with"} if "uses" in step else set())
+        self.refuse_unknown(step, path, known, where, _STEP_HINTS)
         if "run" not in step:
             if "uses" not in step:
                 self.add(path, f"{where} has no run")
@@ -1701,7 +1712,7 @@ class _Reader:
                     (*path, key), f"{where} has unknown field {key!r} ({hints[key]})", key=True
                 )
                 continue
-            expected = ", ".join(sorted(self.name(k) for k in known if k != "uses"))
+            expected = ", ".join(sorted(self.name(k) for k in known if k not in ("uses", "with")))
             self.add(
                 (*path, key),
                 f"{where} has unknown field {_shown(key)} (expected: {expected})",
