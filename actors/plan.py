@@ -109,25 +109,37 @@ class Rendered:
 # --- expressions -------------------------------------------------------------------
 
 
+# Parsed templates are cached (definitions are immutable) up to this length each, so
+# the cache's memory stays bounded whatever the definitions hold.
+_CACHED_LENGTH = 4096
+_LITERAL = ex.parse_template("")
+
+
 @lru_cache(maxsize=8192)
-def template(text: str) -> ex.Template:
-    """`text` parsed as a template (parsed once: definitions are immutable)."""
+def _cached_template(text: str) -> ex.Template:
     return ex.parse_template(text)
 
 
+def template(text: str) -> ex.Template:
+    """`text` parsed as a template; raises `expressions.ExpressionError`."""
+    if "${{" not in text:
+        return _LITERAL  # no expression: the text is itself
+    return _cached_template(text) if len(text) <= _CACHED_LENGTH else ex.parse_template(text)
+
+
 @lru_cache(maxsize=4096)
-def condition_expression(text: str) -> ex.Expr:
-    """An `if` value parsed, joined with `success()` when it calls no status function."""
+def _cached_condition(text: str) -> ex.Expr:
     return ex.condition(text)
 
 
+def condition_expression(text: str) -> ex.Expr:
+    """An `if` value parsed, joined with `success()` when it calls no status function."""
+    return _cached_condition(text) if len(text) <= _CACHED_LENGTH else ex.condition(text)
+
+
 def references(text: str) -> list[tuple[str, ...]]:
-    """The static context paths a template reads, context names lower-cased."""
-    return [
-        (ref[0].lower(), *ref[1:]) if ref else ref
-        for expr in template(text).expressions
-        for ref in expr.references
-    ]
+    """The static context paths a template reads (context names are lower-cased)."""
+    return [ref for expr in template(text).expressions for ref in expr.references]
 
 
 def reads_context(text: str, name: str) -> bool:

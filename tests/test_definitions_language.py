@@ -4,7 +4,9 @@ contexts, conditions, secrets, timeouts, and the stored form."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -815,3 +817,25 @@ def test_the_release_workflow_reads_its_contexts() -> None:
     assert plan.condition(publish, {**ctx, "inputs": {"dry-run": True}}, PASSED) is False
     check = plan.render(instance(spec, "check", ctx), ctx)
     assert 'echo "tag=v1.0" >> "$GITHUB_OUTPUT"' in check.command
+
+
+# --- the documentation's examples -----------------------------------------------------------
+
+
+def documented_workflows() -> list[tuple[str, str]]:
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for doc in ("README.md", "docs/definitions.md"):
+        text = (root / doc).read_text(encoding="utf-8")
+        for n, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)):
+            if block.startswith("name:") and "\njobs:" in block:
+                found.append((f"{doc}#{n}", block))
+    return found
+
+
+@pytest.mark.parametrize(("where", "text"), documented_workflows(), ids=lambda v: str(v)[:30])
+def test_the_documented_workflows_load(where: str, text: str) -> None:
+    spec = parse_definition_text("doc", text)
+    ctx = context(inputs={i.name: i.default for i in spec.inputs})
+    for inst in plan.expand(spec, ctx):
+        plan.render(inst, {**ctx, "secrets": {"DEPLOY_TOKEN": "t"}})

@@ -4,6 +4,7 @@ every problem reported with its place, and the API's two body forms."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 import time
@@ -428,3 +429,30 @@ def test_the_two_body_forms_do_not_mix(body: dict, message: str) -> None:
 def test_a_client_dumping_the_definition_form_sends_only_it() -> None:
     sent = WorkflowCreate(definition="name: x").model_dump(mode="json", exclude_none=True)
     assert WorkflowCreate.model_validate(sent).definition == "name: x"
+
+
+def test_validate_checks_secret_names_against_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("WFG_SECRET_") or key == "SECRETS_DIR":
+            monkeypatch.delenv(key)
+    path = tmp_path / "s.yml"
+    path.write_text(
+        "name: S\njobs:\n  a:\n    env:\n      A: ${{ secrets.DEPLOY_TOKEN }}\n"
+        "      B: ${{ secrets.api_key }}\n    run: x\n"
+    )
+    runner = CliRunner()
+    assert runner.invoke(cli, ["validate", str(path)]).exit_code == 0  # nothing to check against
+    only_env = runner.invoke(cli, ["validate", str(path)], env={"WFG_SECRET_DEPLOY_TOKEN": "x"})
+    assert only_env.exit_code == 1
+    assert only_env.output == f"{path}:6:14: job 'a' env 'B': unknown secret 'api_key'\n"
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "API_KEY").write_text("k")
+    both = runner.invoke(
+        cli,
+        ["validate", str(path)],
+        env={"WFG_SECRET_DEPLOY_TOKEN": "x", "SECRETS_DIR": str(secrets_dir)},
+    )
+    assert (both.exit_code, both.output) == (0, f"{path}: ok\n")
