@@ -1236,28 +1236,7 @@ class _Reader:
                 )
                 return ()
             value, here = value["labels"], (*here, "labels")
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            self.add(
-                here, f"{label_where} must be a string or a list of strings, got {_kind(value)}"
-            )
-            return ()
-        out = []
-        for i, item in enumerate(items):
-            spot = here if isinstance(value, str) else (*here, i)
-            if not isinstance(item, str):
-                self.add(spot, f"{label_where} lists {_shown(item)}, which is not a string")
-                continue
-            if _has_expression(item):
-                if self.template(item, spot, label_where, scope):
-                    out.append(item)
-            elif not _ID_RE.fullmatch(item):
-                self.add(
-                    spot, f"{label_where} lists {_shown(item)}, which does not match {ID_PATTERN}"
-                )
-            else:
-                out.append(item)
-        return tuple(dict.fromkeys(out))
+        return self.ids(value, here, label_where, scope)
 
     def job_timeout(self, job: Mapping[str, Any], path: Path_, where: str) -> int | None:
         if "timeout" in job and "timeout-minutes" in job:
@@ -1749,8 +1728,11 @@ class _Reader:
                 out.append(text)
         return tuple(out)
 
-    def ids(self, value: object, path: Path_, where: str) -> tuple[str, ...]:
-        """A string or a list of strings, each an id; repeats dropped, order kept."""
+    def ids(
+        self, value: object, path: Path_, where: str, scope: _Scope | None = None
+    ) -> tuple[str, ...]:
+        """A string or a list of strings, each an id (or, given a `scope`, a template
+        to render into one); repeats dropped, order kept."""
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list):
             self.add(path, f"{where} must be a string or a list of strings, got {_kind(value)}")
@@ -1760,6 +1742,9 @@ class _Reader:
             spot = path if isinstance(value, str) else (*path, i)
             if not isinstance(item, str):
                 self.add(spot, f"{where} lists {_shown(item)}, which is not a string")
+            elif scope is not None and _has_expression(item):
+                if self.template(item, spot, where, scope):
+                    out.append(item)
             elif not _ID_RE.fullmatch(item):
                 self.add(spot, f"{where} lists {_shown(item)}, which does not match {ID_PATTERN}")
             else:

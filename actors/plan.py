@@ -150,24 +150,21 @@ def _status(status: Status) -> ex.Status:
     return ex.Status(success=status.success, failure=status.failure, cancelled=status.cancelled)
 
 
+def _render_value(text: str, ctx: Mapping[str, Any], where: str, *, as_text: bool = False) -> Any:
+    """The template's value (one `${{ }}` keeps its type), or with `as_text` its text;
+    an expression that fails is an `EvaluationError` naming `where`."""
+    parsed = template(text)
+    if parsed.is_literal:
+        return text
+    try:
+        return parsed.render(ctx) if as_text else parsed.evaluate(ctx)
+    except ex.ExpressionError as exc:
+        raise EvaluationError(f"{where}: {exc.message}") from None
+
+
 def _render_text(text: str, ctx: Mapping[str, Any], where: str) -> str:
-    parsed = template(text)
-    if parsed.is_literal:
-        return text
-    try:
-        return parsed.render(ctx)
-    except ex.ExpressionError as exc:
-        raise EvaluationError(f"{where}: {exc.message}") from None
-
-
-def _render_value(text: str, ctx: Mapping[str, Any], where: str) -> Any:
-    parsed = template(text)
-    if parsed.is_literal:
-        return text
-    try:
-        return parsed.evaluate(ctx)
-    except ex.ExpressionError as exc:
-        raise EvaluationError(f"{where}: {exc.message}") from None
+    rendered: str = _render_value(text, ctx, where, as_text=True)
+    return rendered
 
 
 def _flag(value: bool | str, ctx: Mapping[str, Any], where: str) -> bool:
