@@ -311,7 +311,6 @@ class _Text:
     def position(self, path: Path_, key: bool, offset: int | None) -> tuple[int, int] | None:
         """(line, column) from 1 of the value at `path` (of its key with `key`),
         at `offset` characters into a scalar's text where that can be mapped."""
-        found = None
         probe = path
         while probe not in self.nodes and probe:
             probe = probe[:-1]  # a missing field is reported where its parent is

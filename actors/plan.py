@@ -153,10 +153,10 @@ def _status(status: Status) -> ex.Status:
 def _render_value(text: str, ctx: Mapping[str, Any], where: str, *, as_text: bool = False) -> Any:
     """The template's value (one `${{ }}` keeps its type), or with `as_text` its text;
     an expression that fails is an `EvaluationError` naming `where`."""
-    parsed = template(text)
-    if parsed.is_literal:
-        return text
     try:
+        parsed = template(text)
+        if parsed.is_literal:
+            return text
         return parsed.render(ctx) if as_text else parsed.evaluate(ctx)
     except ex.ExpressionError as exc:
         raise EvaluationError(f"{where}: {exc.message}") from None
