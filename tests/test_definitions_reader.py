@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from actors import open_runtime
 from actors.definitions import (
     MAX_PROBLEMS,
     load_definition,
@@ -23,6 +24,7 @@ from actors.definitions import (
 )
 from actors.models import WorkflowCreate
 from actors.spec import DefinitionError, spec_from_create
+from web import create_app
 from wfg.cli import cli
 
 
@@ -456,3 +458,29 @@ def test_validate_checks_secret_names_against_its_environment(
         env={"WFG_SECRET_DEPLOY_TOKEN": "x", "SECRETS_DIR": str(secrets_dir)},
     )
     assert (both.exit_code, both.output) == (0, f"{path}: ok\n")
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+async def test_post_workflows_takes_a_definition_and_refuses_every_problem() -> None:
+    async with open_runtime() as runtime:
+        app = create_app(runtime)
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            text = "name: Posted\non: [push]\njobs:\n  a: {run: echo a}\n  b: {needs: a, run: b}\n"
+            created = await client.post("/api/workflows", json={"definition": text})
+            body = await created.get_json()
+            assert created.status_code == 201, body
+            assert (body["name"], body["trigger"]) == ("Posted", "on: [push]")
+            assert [(j["id"], j["depends_on"]) for j in body["jobs"]] == [("a", []), ("b", ["a"])]
+
+            refused = await client.post("/api/workflows", json={"definition": MANY})
+            error = await refused.get_json()
+            assert refused.status_code == 422
+            assert error["error"].startswith("invalid workflow: 8 problems: event 'release'")
+            bomb = await client.post("/api/workflows", json={"definition": laughs(10)})
+            assert bomb.status_code == 422
+            assert len((await bomb.get_json())["error"]) < 200
+            # The refused definitions left nothing behind.
+            assert [w.name for w in await runtime.list_workflows()] == ["Posted"]
