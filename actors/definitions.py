@@ -819,7 +819,7 @@ class _Reader:
     def top_level(self, data: object) -> dict[str, Any] | None:
         """The document as a str-keyed mapping, with a YAML 1.1 `on` (parsed as True) renamed."""
         if not isinstance(data, Mapping):
-            self.add((), f"a definition must be a mapping, got {_kind(data)}")
+            self.add((), f"a definition must be a mapping, got {plan.kind(data)}")
             return None
         doc: dict[str, Any] = {}
         for key, value in data.items():
@@ -841,7 +841,7 @@ class _Reader:
             return []
         jobs = doc["jobs"]
         if not isinstance(jobs, Mapping):
-            self.add(("jobs",), f"workflow field 'jobs' must be a mapping, got {_kind(jobs)}")
+            self.add(("jobs",), f"workflow field 'jobs' must be a mapping, got {plan.kind(jobs)}")
             return []
         if not jobs:
             self.add(("jobs",), "workflow field 'jobs' is empty")
@@ -872,7 +872,7 @@ class _Reader:
             text = ""
         else:
             self.add(
-                path, f"workflow field 'on' must be a string, list or mapping, got {_kind(on)}"
+                path, f"workflow field 'on' must be a string, list or mapping, got {plan.kind(on)}"
             )
             return "", Triggers(), ()
         good = True
@@ -915,7 +915,7 @@ class _Reader:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.add(path, f"on.{event} must be a mapping, got {_kind(value)}")
+            self.add(path, f"on.{event} must be a mapping, got {plan.kind(value)}")
             return {}
         self.refuse_unknown(value, path, known, f"on.{event}", {})
         return value
@@ -978,7 +978,7 @@ class _Reader:
             where = f"on.schedule entry {i + 1}"
             here = (*path, i)
             if not isinstance(entry, Mapping):
-                self.add(here, f"{where} must be a mapping with 'cron', got {_kind(entry)}")
+                self.add(here, f"{where} must be a mapping with 'cron', got {plan.kind(entry)}")
                 continue
             self.refuse_unknown(entry, here, frozenset({"cron", "timezone"}), where, {})
             if "cron" not in entry:
@@ -1006,7 +1006,7 @@ class _Reader:
             return ()
         here = (*path, "inputs")
         if not isinstance(raw, Mapping):
-            self.add(here, f"workflow_dispatch inputs must be a mapping, got {_kind(raw)}")
+            self.add(here, f"workflow_dispatch inputs must be a mapping, got {plan.kind(raw)}")
             return ()
         inputs: list[InputSpec] = []
         for name, decl in raw.items():
@@ -1025,7 +1025,7 @@ class _Reader:
         if decl is None:
             return InputSpec(name=name)
         if not isinstance(decl, Mapping):
-            self.add(path, f"{where} must be a mapping, got {_kind(decl)}")
+            self.add(path, f"{where} must be a mapping, got {plan.kind(decl)}")
             return None
         keys = frozenset({"type", "required", "default", "options", "description"})
         self.refuse_unknown(decl, path, keys, where, {})
@@ -1042,7 +1042,9 @@ class _Reader:
             self.add((*path, "required"), f"{where} field 'required' must be true or false")
         default = decl.get("default")
         if default is not None and not isinstance(default, str | bool | int | float):
-            self.add((*path, "default"), f"{where} default must be a scalar, got {_kind(default)}")
+            self.add(
+                (*path, "default"), f"{where} default must be a scalar, got {plan.kind(default)}"
+            )
             default = None
         options: list[str] = []
         if "options" in decl:
@@ -1097,13 +1099,13 @@ class _Reader:
     def notify(self, value: object) -> tuple[NotifySpec, ...]:
         path: Path_ = ("notify",)
         if not isinstance(value, list):
-            self.add(path, f"workflow field 'notify' must be a list, got {_kind(value)}")
+            self.add(path, f"workflow field 'notify' must be a list, got {plan.kind(value)}")
             return ()
         out = []
         for i, entry in enumerate(value):
             where, here = f"notify entry {i + 1}", (*path, i)
             if not isinstance(entry, Mapping):
-                self.add(here, f"{where} must be a mapping with 'url', got {_kind(entry)}")
+                self.add(here, f"{where} must be a mapping with 'url', got {plan.kind(entry)}")
                 continue
             entry = {("on" if k is True else k): v for k, v in entry.items()}
             self.refuse_unknown(entry, here, frozenset({"url", "on"}), where, {})
@@ -1137,7 +1139,7 @@ class _Reader:
             return None
         where = f"job '{job_id}'"
         if not isinstance(job, Mapping):
-            self.add(path, f"{where} must be a mapping, got {_kind(job)}")
+            self.add(path, f"{where} must be a mapping, got {plan.kind(job)}")
             return None
         self.refuse_unknown(job, path, _JOB_FIELDS, where, _JOB_HINTS)
         needs = self.ids(job.get("needs", []), (*path, "needs"), self.field_where(where, "needs"))
@@ -1193,9 +1195,9 @@ class _Reader:
         if self.body:
             command, own_run = run or "", None
         elif steps:
-            command, own_run = _exports(env) + _display_steps(steps), None
+            command, own_run = plan.exports(env) + _display_steps(steps), None
         else:
-            command, own_run = _exports(env) + (run or ""), run
+            command, own_run = plan.exports(env) + (run or ""), run
         extras = self.extras.get(job_id, {})
         return JobSpec(
             id=job_id,
@@ -1270,7 +1272,7 @@ class _Reader:
     ) -> tuple[StrategySpec | None, frozenset[str] | None]:
         """The strategy, and the keys `matrix.<key>` may name (None: known at run time)."""
         if not isinstance(value, Mapping):
-            self.add(path, f"{where} field 'strategy' must be a mapping, got {_kind(value)}")
+            self.add(path, f"{where} field 'strategy' must be a mapping, got {plan.kind(value)}")
             return None, frozenset()
         keys = frozenset({"matrix", "fail-fast", "max-parallel"})
         self.refuse_unknown(value, path, keys, f"{where} strategy", {})
@@ -1390,7 +1392,7 @@ class _Reader:
         defaults: Mapping[str, str],
     ) -> tuple[StepSpec, ...]:
         if not isinstance(steps, list):
-            self.add(path, f"{where} field 'steps' must be a list, got {_kind(steps)}")
+            self.add(path, f"{where} field 'steps' must be a list, got {plan.kind(steps)}")
             return ()
         if not steps:
             self.add(path, f"{where} field 'steps' is empty")
@@ -1419,7 +1421,7 @@ class _Reader:
     ) -> StepSpec | None:
         where = f"{job_where} step {i + 1}"
         if not isinstance(step, Mapping):
-            self.add(path, f"{where} must be a mapping, got {_kind(step)}")
+            self.add(path, f"{where} must be a mapping, got {plan.kind(step)}")
             return None
         if "uses" in step:
             self.add(
@@ -1515,7 +1517,7 @@ class _Reader:
         run = value.get("run") or {}
         here = (*path, "run")
         if not isinstance(run, Mapping):
-            self.add(here, f"{where} defaults.run must be a mapping, got {_kind(run)}")
+            self.add(here, f"{where} defaults.run must be a mapping, got {plan.kind(run)}")
             return {}
         keys = frozenset({"shell", "working-directory"})
         self.refuse_unknown(run, here, keys, f"{where} defaults.run", {})
@@ -1699,7 +1701,7 @@ class _Reader:
 
     def text(self, value: object, path: Path_, where: str) -> str | None:
         if not isinstance(value, str):
-            self.add(path, f"{where} must be a string, got {_kind(value)}")
+            self.add(path, f"{where} must be a string, got {plan.kind(value)}")
             return None
         if "\x00" in value:
             self.add(path, f"{where} contains a NUL character")
@@ -1717,7 +1719,7 @@ class _Reader:
         """A string or a list of strings."""
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list):
-            self.add(path, f"{where} must be a string or a list of strings, got {_kind(value)}")
+            self.add(path, f"{where} must be a string or a list of strings, got {plan.kind(value)}")
             return None
         out = []
         for i, item in enumerate(items):
@@ -1734,7 +1736,7 @@ class _Reader:
         to render into one); repeats dropped, order kept."""
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list):
-            self.add(path, f"{where} must be a string or a list of strings, got {_kind(value)}")
+            self.add(path, f"{where} must be a string or a list of strings, got {plan.kind(value)}")
             return ()
         out = []
         for i, item in enumerate(items):
@@ -1786,7 +1788,7 @@ class _Reader:
     def env(self, value: object, path: Path_, where: str, scope: _Scope) -> dict[str, str]:
         """An env mapping: shell-identifier keys, scalar values as the strings a shell sees."""
         if not isinstance(value, Mapping):
-            self.add(path, f"{where} field 'env' must be a mapping, got {_kind(value)}")
+            self.add(path, f"{where} field 'env' must be a mapping, got {plan.kind(value)}")
             return {}
         env: dict[str, str] = {}
         for key, raw in value.items():
@@ -1821,7 +1823,7 @@ class _Reader:
             return str(value)
         if isinstance(value, str):
             return self.text(value, path, where)
-        self.add(path, f"{where} must be a string, number or boolean, got {_kind(value)}")
+        self.add(path, f"{where} must be a string, number or boolean, got {plan.kind(value)}")
         return None
 
 
@@ -1873,10 +1875,6 @@ def _static_condition(text: str | None) -> tuple[bool, bool]:
         return True, False
 
 
-def _exports(env: Mapping[str, str]) -> str:
-    return plan._exports(env)
-
-
 def _first_error(exc: pydantic.ValidationError) -> str:
     error = exc.errors()[0]
     location = ".".join(str(part) for part in error["loc"])
@@ -1888,11 +1886,6 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _kind(value: object) -> str:
-    """How a wrong value is named in a message: by its type, as the document spells it."""
-    return plan._kind(value)
-
-
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
@@ -1902,4 +1895,4 @@ def _shown(value: object) -> str:
     values by their kind, so a huge value never makes a huge message."""
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return _cut(repr(value))
-    return _kind(value)
+    return plan.kind(value)

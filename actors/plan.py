@@ -283,7 +283,7 @@ def combinations(matrix: Any) -> list[dict[str, Any]]:
     malformed matrix, no combination, or more than 256.
     """
     if not isinstance(matrix, Mapping):
-        raise MatrixError(f"a matrix must be a mapping, got {_kind(matrix)}")
+        raise MatrixError(f"a matrix must be a mapping, got {kind(matrix)}")
     dimensions: dict[str, list[Any]] = {}
     include = _entries(matrix.get("include", []), "include")
     exclude = _entries(matrix.get("exclude", []), "exclude")
@@ -291,7 +291,7 @@ def combinations(matrix: Any) -> list[dict[str, Any]]:
         if key in ("include", "exclude"):
             continue
         if not isinstance(values, list):
-            raise MatrixError(f"dimension '{key}' must be a list, got {_kind(values)}")
+            raise MatrixError(f"dimension '{key}' must be a list, got {kind(values)}")
         if not values:
             raise MatrixError(f"dimension '{key}' has no values")
         dimensions[str(key)] = values
@@ -335,10 +335,10 @@ def combinations(matrix: Any) -> list[dict[str, Any]]:
 
 def _entries(value: Any, name: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list):
-        raise MatrixError(f"{name} must be a list of mappings, got {_kind(value)}")
+        raise MatrixError(f"{name} must be a list of mappings, got {kind(value)}")
     for entry in value:
         if not isinstance(entry, Mapping):
-            raise MatrixError(f"{name} entries must be mappings, got {_kind(entry)}")
+            raise MatrixError(f"{name} entries must be mappings, got {kind(entry)}")
         if not entry:
             raise MatrixError(f"{name} has an empty entry")
     return value
@@ -425,10 +425,10 @@ def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
         )
     else:
         body = _render_text(spec.script, jctx, "run")
-    exports = _exports({**input_env(ctx), **plain})
+    prelude = exports({**input_env(ctx), **plain})
     return Rendered(
         name=name,
-        command=exports + body,
+        command=prelude + body,
         labels=labels,
         timeout_secs=spec.timeout_secs,
         continue_on_error=_flag(spec.continue_on_error, jctx, "continue-on-error"),
@@ -641,11 +641,13 @@ def _announce(line: str) -> str:
     return f"printf '%s\\n' {quoted}" if "\\" in line else f"echo {quoted}"
 
 
-def _exports(env: Mapping[str, str]) -> str:
+def exports(env: Mapping[str, str]) -> str:
+    """`export NAME='value'` lines, each value quoted for the shell."""
     return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """How a wrong value is named in a message: by its type, as a document spells it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
