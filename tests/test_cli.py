@@ -455,7 +455,8 @@ def test_create_of_an_invalid_file_names_the_file(server: ServerProcess, tmp_pat
     path.write_text(CYCLE_YML)
     result = wfg("create", str(path), server=server.url)
     assert result.returncode == 1
-    assert_one_error_line(result.stderr, f"error: {path}: ")
+    # Checked before sending: the problem with its line and column, as `validate` gives it.
+    assert_one_error_line(result.stderr, f"error: {path}:3:14: ")
     assert "cycle" in result.stderr
 
 
@@ -482,8 +483,8 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     assert result.stdout == f"{good}: ok\n"
     problems = result.stderr.splitlines()
     assert len(problems) == 3, result.stderr
-    assert problems[0].startswith(f"{cycle}: ") and "cycle" in problems[0]
-    assert problems[1].startswith(f"{broken}: ") and "YAML" in problems[1]
+    assert problems[0].startswith(f"{cycle}:3:14: ") and "cycle" in problems[0]
+    assert problems[1].startswith(f"{broken}:2:1: ") and "YAML" in problems[1]
     assert problems[2].startswith(f"{missing}: ")
     assert "Traceback" not in result.stderr
 

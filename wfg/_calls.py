@@ -23,7 +23,6 @@ from actors.models import (
     CompleteRequest,
     ErrorBody,
     FailRequest,
-    JobCreate,
     LogChunk,
     LogChunkIn,
     LogsRequest,
@@ -140,27 +139,17 @@ def workflow_create(source: WorkflowSource) -> WorkflowCreate:
 
 
 def workflow_create_from_file(path: Path) -> WorkflowCreate:
-    """Load a definition file offline and turn it into a create body.
+    """The create body for a definition file: its text as written, after checking it
+    offline with the server's own reader (so a bad file fails here, with every problem).
 
-    Raises `actors.spec.DefinitionError` (or `OSError`) for a file that cannot load.
+    Raises `actors.spec.DefinitionError` for a file that cannot load.
     """
-    from actors.definitions import load_definition  # the server's own loader
+    from actors.definitions import load_definition
 
-    spec = load_definition(path)
-    workflow = spec.as_workflow()
-    jobs = [
-        JobCreate.model_validate(
-            {
-                **job.model_dump(),
-                # Extensions a definition file has and `Job` does not show.
-                "backoff": job_spec.retry_policy.backoff,
-                "timeout_secs": job_spec.timeout_secs,
-                "env": dict(job_spec.env),
-            }
-        )
-        for job, job_spec in zip(workflow.jobs, spec.jobs, strict=True)
-    ]
-    return WorkflowCreate(name=workflow.name, trigger=workflow.trigger, jobs=jobs)
+    path = Path(path)
+    load_definition(path)
+    # load_definition read it as UTF-8 already; a file changed since is the server's to judge.
+    return WorkflowCreate(definition=path.read_text(encoding="utf-8"))
 
 
 def log_chunk_in(chunk: ChunkSource) -> LogChunkIn:

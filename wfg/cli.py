@@ -415,7 +415,12 @@ def cancel_command(state: _State, workflow_id: str, number: int | None) -> None:
 @json_option
 @pass_state
 def create_command(state: _State, file: Path, as_json: bool) -> None:
-    """Create a workflow from a definition file; prints its new id."""
+    """Create a workflow from a definition file; prints its new id.
+
+    The file is checked here first (each problem printed as with `validate`),
+    then sent as it is written: the server reads it exactly as it reads
+    `WORKFLOWS_DIR`, and checks the secrets it names.
+    """
     from actors.spec import DefinitionError
 
     from ._calls import workflow_create_from_file
@@ -423,7 +428,9 @@ def create_command(state: _State, file: Path, as_json: bool) -> None:
     try:
         body = workflow_create_from_file(file)
     except DefinitionError as exc:
-        fail(f"{file}: {exc}", EXIT_FAILED)
+        for line in _problem_lines(file, exc):
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_FAILED)
     workflow = state.client().create_workflow(body)
     if as_json:
         _print_json(workflow)
@@ -438,22 +445,53 @@ def create_command(state: _State, file: Path, as_json: bool) -> None:
 def validate_command(files: tuple[Path, ...]) -> None:
     """Check definition files offline, as the server would load them.
 
-    Prints `FILE: ok` for each good file and `FILE: <reason>` on stderr for
-    each bad one; exits 1 if any is bad.
+    Prints `FILE: ok` for each good file and, on stderr, one line per problem
+    of each bad one, `FILE:LINE:COLUMN: reason`; exits 1 if any is bad. With
+    SECRETS_DIR or WFG_SECRET_<NAME> variables set, the secrets a definition
+    names must be among them; otherwise secret names are not checked.
     """
     from actors.definitions import load_definition
     from actors.spec import DefinitionError
 
+    secrets = _known_secrets()
     bad = 0
     for file in files:
         try:
-            load_definition(file)
+            load_definition(file, secrets=secrets)
         except DefinitionError as exc:
             bad += 1
-            click.echo(f"{file}: {exc}", err=True)
+            for line in _problem_lines(file, exc):
+                click.echo(line, err=True)
         else:
             click.echo(f"{file}: ok")
     sys.exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _problem_lines(file: Path, exc: Exception) -> list[str]:
+    """`FILE:LINE:COLUMN: reason` per problem (`FILE: reason` when it has no place)."""
+    lines = []
+    for problem in getattr(exc, "problems", ()):
+        where = f"{file}:{problem.line}:{problem.column}" if problem.line else str(file)
+        lines.append(f"{where}: {' '.join(problem.message.split())}")
+    return lines or [f"{file}: {exc}"]
+
+
+def _known_secrets() -> set[str] | None:
+    """The secret names this machine defines: files in SECRETS_DIR and WFG_SECRET_<NAME>
+    variables; None when neither is set (names are then not checked)."""
+    import os
+
+    prefix = "WFG_SECRET_"
+    names = {key[len(prefix) :] for key in os.environ if key.startswith(prefix) and key != prefix}
+    directory = os.environ.get("SECRETS_DIR")
+    if directory:
+        try:
+            names.update(p.name for p in Path(directory).iterdir() if p.is_file())
+        except OSError as exc:
+            fail(f"SECRETS_DIR {directory}: {exc.strerror or exc}", EXIT_FAILED)
+    elif not names:
+        return None
+    return names
 
 
 # --- the server and the worker, implemented in web/ and wfg/agent.py ------------
