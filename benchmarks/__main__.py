@@ -15,6 +15,7 @@ from . import (
     http_throughput,
     postgres,
     record,
+    runs,
     runtime_inprocess,
     scale,
 )
@@ -27,6 +28,7 @@ SCENARIOS = {
         dispatch_latency,
         runtime_inprocess,
         scale,
+        runs,
         end_to_end,
         durability,
         postgres,

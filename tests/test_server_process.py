@@ -191,3 +191,45 @@ def test_api_only_says_so_and_bad_files_are_named(workflows_dir, server_factory)
     assert "nope" in out
     ids = [w["id"] for w in httpx.get(server.url + "/api/workflows").json()]
     assert ids == ["good"]
+
+
+def test_the_end_of_a_stream_comes_apart_from_its_last_chunk(api, live_server):
+    """A client that stops reading at end-of-stream without draining what it holds
+    (as the seed's TypeScript client does) still gets every chunk: after the job's
+    last chunk the server sends a comment, then keeps the connection open briefly."""
+    wf = api.post("/api/workflows", json={"name": "end", "jobs": [{"id": "a", "command": "x"}]})
+    wf = wf.json()["id"]
+    api.post(f"/api/workflows/{wf}/run")
+    lease = api.post("/api/jobs/claim", json={"worker_id": "w", "labels": []}).json()["lease"]
+    host, port = live_server.url.removeprefix("http://").split(":")
+    reads: list[tuple[float, bytes]] = []
+    sock = socket.create_connection((host, int(port)))
+    path = f"/api/workflows/{wf}/jobs/a/logs/stream"
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    sock.sendall(request.encode())
+
+    def read() -> None:
+        # Until the chunked body's terminator (or the connection closes).
+        while data := sock.recv(65536):
+            reads.append((time.monotonic(), data))
+            if b"".join(d for _, d in reads[-2:]).endswith(b"\r\n0\r\n\r\n"):
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.3)  # subscribed
+    chunks = [{"sequence": n, "data": f"line {n}\n", "stream": "stdout"} for n in range(50)]
+    # No pause between the last push and the complete.
+    assert api.post(f"/api/jobs/{lease['lease_id']}/logs", json={"chunks": chunks}).is_success
+    assert api.post(f"/api/jobs/{lease['lease_id']}/complete", json={}).is_success
+    reader.join(10)
+    assert not reader.is_alive(), "the stream did not end"
+    sock.close()
+    body = b"".join(data for _, data in reads)
+    assert body.count(b"event: log") == 50
+    last_chunk = body.rindex(b"line 49")
+    assert body.index(b": end", last_chunk) > last_chunk
+    # The read that carried the last chunk was not the last read before the close:
+    # the end arrived apart, after a grace.
+    carrying = next(t for t, data in reads if b"line 49" in data)
+    assert reads[-1][0] - carrying >= 0.5

@@ -20,6 +20,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from actors import Limits, open_runtime
 from actors.pg.runtime import describe_url, open_database
 from actors.pg.schema import SCHEMA_VERSION
+from actors.runtime import DEFAULT_RETAIN_RUNS
 from actors.store import StoreError
 
 from .app import (
@@ -78,7 +79,7 @@ class ServerSettings:
     port: int = 3000
     workflows_dir: Path = Path("workflows")
     data_dir: str = ".wfg"
-    retain_runs: int = 3
+    retain_runs: int = DEFAULT_RETAIN_RUNS
     api_only: bool = False
     cors_origins: tuple[str, ...] = ()
     reap_interval_secs: float = 5.0
@@ -109,7 +110,7 @@ class ServerSettings:
             port=port,
             workflows_dir=Path(env.get("WORKFLOWS_DIR", "").strip() or "workflows"),
             data_dir=env.get("DATA_DIR", "").strip() or ".wfg",
-            retain_runs=_number(env, "RETAIN_RUNS", 3, int, 1),
+            retain_runs=_number(env, "RETAIN_RUNS", DEFAULT_RETAIN_RUNS, int, 1),
             api_only=_flag(env.get("API_ONLY")),
             cors_origins=origins,
             reap_interval_secs=_number(env, "REAP_INTERVAL_SECS", 5.0, float, 0.01),
