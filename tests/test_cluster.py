@@ -7,6 +7,7 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,16 +124,16 @@ class Cluster:
                 process.wait()
 
 
-@pytest.fixture
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def _cluster(request: pytest.FixtureRequest, workflows: Path) -> Iterator[Cluster]:
+    """A schema of its own and the processes started in it, stopped and dropped after."""
     import psycopg
 
     base = base_url(request)
     schema = "c_" + uuid.uuid4().hex[:16]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    workflows = tmp_path / "workflows"
-    workflows.mkdir()
+    workflows.mkdir(exist_ok=True)
     cluster = Cluster(schema_url(base, schema), workflows)
     try:
         yield cluster
@@ -142,15 +143,39 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def create(client: httpx.Client, jobs: list[dict], **extra) -> str:
-    body = {"name": "wf", "jobs": [{"command": "true", **j} for j in jobs], **extra}
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """An empty cluster for a test that kills its processes."""
+    with _cluster(request, tmp_path / "workflows") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def shared(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Cluster]:
+    """Three API_ONLY nodes and a scheduler, shared by the tests that kill nothing; each
+    test's jobs require a label of its own, so no test claims another's."""
+    with _cluster(request, tmp_path_factory.mktemp("workflows")) as cluster:
+        cluster.scheduler()
+        cluster.start(3)
+        yield cluster
+
+
+@pytest.fixture
+def label() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+def create(client: httpx.Client, jobs: list[dict], label: str | None = None, **extra) -> str:
+    wanted = {"required_labels": [label]} if label else {}
+    body = {"name": "wf", "jobs": [{"command": "true", **wanted, **j} for j in jobs], **extra}
     answer = client.post("/api/workflows", json=body)
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
 
 
-def claim(client: httpx.Client, worker: str = "w", **extra) -> dict | None:
-    answer = client.post("/api/jobs/claim", json={"worker_id": worker, "labels": [], **extra})
+def claim(client: httpx.Client, worker: str = "w", label: str | None = None, **extra):
+    labels = [label] if label else []
+    answer = client.post("/api/jobs/claim", json={"worker_id": worker, "labels": labels, **extra})
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -161,11 +186,11 @@ def statuses(client: httpx.Client, wf: str) -> dict[str, str]:
     return {j["id"]: j["status"] for j in answer.json()["jobs"]}
 
 
-def test_a_job_claimed_on_one_node_is_completed_on_another(cluster: Cluster):
-    a, b, c = cluster.start(3)
-    wf = create(a, [{"id": "build"}, {"id": "test", "depends_on": ["build"]}])
+def test_a_job_claimed_on_one_node_is_completed_on_another(shared: Cluster, label: str):
+    a, b, c = shared.clients
+    wf = create(a, [{"id": "build"}, {"id": "test", "depends_on": ["build"]}], label)
     assert b.post(f"/api/workflows/{wf}/run").status_code == 202
-    held = claim(c)
+    held = claim(c, label=label)
     assert held["job"]["job_id"] == "build"
     lease = held["lease"]["lease_id"]
     assert a.post(f"/api/jobs/{lease}/heartbeat").status_code == 200
@@ -175,22 +200,27 @@ def test_a_job_claimed_on_one_node_is_completed_on_another(cluster: Cluster):
         assert node.post(f"/api/jobs/{lease}/complete", json={}).status_code == 409
         assert node.post(f"/api/jobs/{lease}/fail", json={"error": "x"}).status_code == 409
     assert statuses(a, wf) == {"build": "success", "test": "queued"}
-    nxt = claim(a)
+    nxt = claim(a, worker=label, label=label)
     assert nxt["job"]["job_id"] == "test"
     assert nxt["job"]["upstream_outputs"] == {"build": {"v": "1"}}
     assert c.post(f"/api/jobs/{nxt['lease']['lease_id']}/complete", json={}).status_code == 200
     assert statuses(b, wf) == {"build": "success", "test": "success"}
     workers = {w["worker_id"]: w for w in b.get("/api/workers").json()}
-    assert workers["w"]["status"] == "idle"
+    assert workers[label]["status"] == "idle"
 
 
-def test_a_parked_claim_is_woken_from_another_node(cluster: Cluster):
-    a, b = cluster.start(2)
-    wf = create(a, [{"id": "x"}])
+def test_a_parked_claim_is_woken_from_another_node(shared: Cluster, label: str):
+    a, b, _ = shared.clients
+    wf = create(a, [{"id": "x"}], label)
     got: list[dict | None] = []
-    parked = threading.Thread(target=lambda: got.append(claim(a, wait_secs=20)))
+    parked = threading.Thread(
+        target=lambda: got.append(claim(a, worker=label, label=label, wait_secs=20))
+    )
     parked.start()
-    until(lambda: a.get("/api/workers").json(), what="the claimer to register")
+    until(
+        lambda: any(w["worker_id"] == label for w in a.get("/api/workers").json()),
+        what="the claimer to register",
+    )
     started = time.monotonic()
     assert b.post(f"/api/workflows/{wf}/run").status_code == 202
     parked.join(20)
@@ -198,21 +228,22 @@ def test_a_parked_claim_is_woken_from_another_node(cluster: Cluster):
     assert time.monotonic() - started < 15  # not the end of its wait
 
 
-def test_a_log_stream_on_one_node_follows_pushes_and_the_end_elsewhere(cluster: Cluster):
-    a, b, c = cluster.start(3)
-    wf = create(a, [{"id": "x"}])
+def test_a_log_stream_on_one_node_follows_pushes_and_the_end_elsewhere(shared: Cluster, label: str):
+    a, b, c = shared.clients
+    wf = create(a, [{"id": "x"}], label)
     assert a.post(f"/api/workflows/{wf}/run").status_code == 202
-    held = claim(b)
+    held = claim(b, label=label)
     lease = held["lease"]["lease_id"]
     first = {"chunks": [{"sequence": 0, "data": "one\n"}]}
     assert b.post(f"/api/jobs/{lease}/logs", json=first).status_code == 200
     events: list[str] = []
 
     def follow() -> None:
-        with a.stream("GET", f"/api/workflows/{wf}/jobs/x/logs/stream") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    events.append(line)
+        with httpx.Client(base_url=str(a.base_url), timeout=30) as own:
+            with own.stream("GET", f"/api/workflows/{wf}/jobs/x/logs/stream") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line)
 
     follower = threading.Thread(target=follow)
     follower.start()
@@ -226,28 +257,38 @@ def test_a_log_stream_on_one_node_follows_pushes_and_the_end_elsewhere(cluster: 
     assert ["one" in events[0], "two" in events[1]] == [True, True]
 
 
-def test_a_cancel_on_one_node_revokes_a_lease_held_through_another(cluster: Cluster):
-    a, b, c = cluster.start(3)
-    wf = create(a, [{"id": "x"}, {"id": "y", "depends_on": ["x"]}])
+def test_a_cancel_on_one_node_revokes_a_lease_held_through_another(shared: Cluster, label: str):
+    a, b, c = shared.clients
+    wf = create(a, [{"id": "x"}, {"id": "y", "depends_on": ["x"]}], label)
     assert a.post(f"/api/workflows/{wf}/run").status_code == 202
-    lease = claim(b)["lease"]["lease_id"]
+    lease = claim(b, label=label)["lease"]["lease_id"]
     assert c.post(f"/api/workflows/{wf}/cancel").status_code == 202
     assert a.post(f"/api/jobs/{lease}/heartbeat").status_code == 409
     assert b.get(f"/api/jobs/{wf}/x/cancelled").json() is True
     assert statuses(c, wf) == {"x": "cancelled", "y": "cancelled"}
 
 
-def test_concurrent_claimers_over_three_nodes_never_share_a_job(cluster: Cluster):
-    nodes = cluster.start(3)
+def test_the_scheduler_expires_a_lease_taken_through_a_node(shared: Cluster, label: str):
+    a, b, _ = shared.clients
+    wf = create(a, [{"id": "x", "max_retries": 1}], label)
+    assert a.post(f"/api/workflows/{wf}/run").status_code == 202
+    held = claim(a, label=label, lease_ttl_secs=1)
+    retry = until(lambda: claim(b, label=label), timeout=15, what="the expiry")
+    assert retry["job"]["attempt"] == 1
+    assert a.post(f"/api/jobs/{held['lease']['lease_id']}/complete", json={}).status_code == 409
+
+
+def test_concurrent_claimers_over_three_nodes_never_share_a_job(shared: Cluster, label: str):
+    nodes = shared.clients
     jobs = 120
-    wf = create(nodes[0], [{"id": f"j{i}"} for i in range(jobs)])
+    wf = create(nodes[0], [{"id": f"j{i}"} for i in range(jobs)], label)
     assert nodes[1].post(f"/api/workflows/{wf}/run").status_code == 202
     granted: list[str] = []
     lock = threading.Lock()
 
     def claimer(i: int) -> None:
         with httpx.Client(base_url=str(nodes[i % 3].base_url), timeout=30) as client:
-            while (held := claim(client, worker=f"w{i}")) is not None:
+            while (held := claim(client, worker=f"w{i}", label=label)) is not None:
                 with lock:
                     granted.append(held["job"]["job_id"])
                 lease = held["lease"]["lease_id"]
@@ -264,6 +305,7 @@ def test_concurrent_claimers_over_three_nodes_never_share_a_job(cluster: Cluster
 
 
 def test_killing_a_node_loses_nothing_it_acknowledged(cluster: Cluster):
+    cluster.scheduler()
     a, b = cluster.start(2)
     wf = create(a, [{"id": f"j{i}"} for i in range(20)])
     assert a.post(f"/api/workflows/{wf}/run").status_code == 202

@@ -15,6 +15,7 @@ not acknowledged. Serialization failures and deadlocks are retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -68,6 +69,10 @@ class Tx:
             assert row is not None
             self._now = row[0]
         return self._now
+
+    def set_now(self, now: int) -> None:
+        """The instant, read along with a statement's other columns (`wfg_now_ms()`)."""
+        self._now = now
 
     def one(self, sql: str, params: Any = None) -> Any:
         return self.cur.execute(sql, params).fetchone()
@@ -162,11 +167,12 @@ class Database:
 
     # --- transactions ---
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, single: bool = False) -> T:
         """Run `fn(tx, *args)` in one transaction in a worker thread; its result once
         committed. Not cancellable while the thread runs: a change is either committed
-        and answered, or not made."""
-        result, notes = await self.thread(self._run, fn, args, limiter=self._limiter)
+        and answered, or not made. `single`: `fn` runs exactly one statement, which is
+        its own transaction (no BEGIN and COMMIT round trips)."""
+        result, notes = await self.thread(self._run, fn, args, single, limiter=self._limiter)
         if notes and self.on_commit is not None:
             for note in notes:
                 self.on_commit(json.loads(note))
@@ -180,12 +186,14 @@ class Database:
         finally:
             Database.busy -= 1
 
-    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, list[str]]:
+    def _run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], single: bool
+    ) -> tuple[T, list[str]]:
         for attempt in range(RETRIES):
-            committing = False
+            committing = single  # one statement: its outcome is unknown once sent
             try:
                 with self._pool.connection() as conn:
-                    with conn.transaction():
+                    with contextlib.nullcontext() if single else conn.transaction():
                         tx = Tx(conn)
                         result = fn(tx, *args)
                         if tx.notes:

@@ -59,7 +59,14 @@ from ..workflow import new_run, no_run_error, queued_job
 from .db import Stale, Tx
 from .schema import lock_key
 
-ACTIVE = ("queued", "running")
+# A worker heard from, with the labels and lease TTL of its claim (the last parameter:
+# whether to write it at all).
+UPSERT_WORKER = (
+    "INSERT INTO workers (worker_id, labels, registered_at_ms, last_heartbeat_ms, ttl_secs) "
+    "SELECT %s, %s, %s, %s, %s WHERE %s ON CONFLICT (worker_id) DO UPDATE SET "
+    "labels = excluded.labels, last_heartbeat_ms = excluded.last_heartbeat_ms, "
+    "ttl_secs = excluded.ttl_secs"
+)
 DUTY_BATCH = 200
 NEVER_MS = 2**62
 
@@ -503,26 +510,24 @@ class Engine:
         self, tx: Tx, worker_id: str, labels: list[str], ttl_secs: int, seen: bool
     ) -> tuple[Claim, dict[str, Any]] | None:
         """The oldest ready job among the label sets the worker serves, under a new lease;
-        with it the job's row as it was, for `give_back`."""
-        now = tx.now
-        if seen:
-            tx.exec(
-                "INSERT INTO workers (worker_id, labels, registered_at_ms, last_heartbeat_ms, "
-                "ttl_secs) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET "
-                "labels = excluded.labels, last_heartbeat_ms = excluded.last_heartbeat_ms, "
-                "ttl_secs = excluded.ttl_secs",
-                (worker_id, Jsonb(list(labels)), now, now, ttl_secs),
-            )
+        with it the job's row as it was, for `give_back`. Two statements: the head, then
+        the job, the lease and the worker written at once."""
         row = tx.one(
-            "SELECT h.workflow_id, h.number, h.job_id, h.state, h.payload FROM label_sets s "
-            "CROSS JOIN LATERAL (SELECT workflow_id, number, job_id, state, payload, enqueue_seq "
-            "FROM jobs WHERE ready AND label_key = s.label_key ORDER BY enqueue_seq LIMIT 1 "
-            "FOR UPDATE SKIP LOCKED) h WHERE s.labels <@ %s::text[] ORDER BY h.enqueue_seq LIMIT 1",
+            "SELECT wfg_now_ms(), h.workflow_id, h.number, h.job_id, h.state, h.payload "
+            "FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT j.* FROM label_sets s CROSS JOIN "
+            "LATERAL (SELECT workflow_id, number, job_id, state, payload, enqueue_seq FROM jobs "
+            "WHERE ready AND label_key = s.label_key ORDER BY enqueue_seq LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED) j WHERE s.labels <@ %s::text[] ORDER BY j.enqueue_seq "
+            "LIMIT 1) h ON true",
             (list(labels),),
         )
-        if row is None:
+        now, workflow_id, number, job_id, before, payload = row
+        tx.set_now(now)
+        worker = (worker_id, Jsonb(list(labels)), now, now, ttl_secs, seen)
+        if workflow_id is None:
+            if seen:
+                tx.exec(UPSERT_WORKER, worker)
             return None
-        workflow_id, number, job_id, before, payload = row
         job = JobRun.from_row(before)
         lease_id = str(uuid.uuid4())
         if not claim_job(job, job.attempt, lease_id, now):
@@ -533,18 +538,20 @@ class Engine:
                 (workflow_id, number, job_id),
             )
             return None
-        tx.exec(
-            "UPDATE jobs SET state = %s, ready = false, queue_deadline_ms = NULL, "
-            "timeout_at_ms = %s, version = version + 1 "
-            "WHERE workflow_id = %s AND number = %s AND job_id = %s",
-            (Jsonb(job.to_row()), job.timeout_at_ms, workflow_id, number, job_id),
-        )
         if job.timeout_at_ms is not None:
             tx.notify("w")
-        deadline = now + ttl_secs * 1000
         tx.exec(
+            "WITH w AS (" + UPSERT_WORKER + "), j AS (UPDATE jobs SET state = %s, ready = false, "
+            "queue_deadline_ms = NULL, timeout_at_ms = %s, version = version + 1 "
+            "WHERE workflow_id = %s AND number = %s AND job_id = %s) "
             "INSERT INTO leases VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
+                *worker,
+                Jsonb(job.to_row()),
+                job.timeout_at_ms,
+                workflow_id,
+                number,
+                job_id,
                 lease_id,
                 workflow_id,
                 number,
@@ -554,7 +561,7 @@ class Engine:
                 job.attempt,
                 now,
                 now,
-                deadline,
+                now + ttl_secs * 1000,
             ),
         )
         lease = Lease(
@@ -626,23 +633,31 @@ class Engine:
     ) -> None:
         """A completion or failure on a lease: the run's transaction, under the lease."""
         row = tx.one(
-            "SELECT workflow_id, number, job_id FROM leases WHERE lease_id = %s", (lease_id,)
+            "SELECT l.workflow_id, l.number, l.job_id, r.grp FROM leases l JOIN runs r "
+            "ON r.workflow_id = l.workflow_id AND r.number = l.number WHERE l.lease_id = %s",
+            (lease_id,),
         )
         if row is None:
             raise LeaseNotActive(lease_id)
-        workflow_id, number, job_id = row
-        loaded = self.lock_run(tx, workflow_id, number)
-        lease = tx.one(
-            "SELECT worker_id, deadline_ms FROM leases WHERE lease_id = %s FOR UPDATE",
-            (lease_id,),
+        workflow_id, number, job_id, group = row
+        if group is not None:
+            self.group_lock(tx, group)
+        # The run's row, then the lease's: no transaction locks them the other way round.
+        locked = tx.one(
+            "SELECT r.seq, r.spec_hash, r.record, l.worker_id, l.deadline_ms, wfg_now_ms() "
+            "FROM runs r JOIN leases l ON l.lease_id = %s WHERE r.workflow_id = %s "
+            "AND r.number = %s FOR UPDATE OF r, l",
+            (lease_id, workflow_id, number),
         )
-        if loaded is None or lease is None or lease[1] <= tx.now:
+        if locked is None or locked[4] <= locked[5]:
             raise LeaseNotActive(lease_id)  # past its deadline: the leader expires it
+        seq, digest, record, worker_id, _, now = locked
+        tx.set_now(now)
+        state = RunState.from_row(record, {})
+        loaded = Loaded(seq, digest, state, self.plan(self.spec(tx, digest), digest, state))
         self.load_jobs(tx, loaded)
         self.apply(tx, loaded, lambda step: event(step, job_id, lease_id))
-        tx.exec(
-            "UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (tx.now, lease[0])
-        )
+        tx.exec("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
 
     def push_logs(self, tx: Tx, lease_id: str, chunks: list[LogChunkIn]) -> None:
         # The lease row is locked: pushes for one job commit in the order of their ids,
@@ -757,9 +772,9 @@ class Engine:
             fx = step.queue_timed_out(job_id)
         else:
             job = state.jobs.get(job_id)
-            if job is None or job.lease_id != lease_id or job.timeout_at_ms is None:
+            if job is None or job.lease_id is None or job.lease_id != lease_id:
                 return
-            if job.timeout_at_ms > step.now:
+            if job.timeout_at_ms is None or job.timeout_at_ms > step.now:
                 return
             fx = step.job_timed_out(job_id, job.lease_id)
         self.write(tx, loaded, fx)

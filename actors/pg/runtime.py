@@ -381,7 +381,7 @@ class PgRuntime:
             self._wake.claims.discard(waiter)
 
     async def heartbeat(self, lease_id: str) -> Lease:
-        return await self._db.run(self._engine.heartbeat, lease_id)
+        return await self._db.run(self._engine.heartbeat, lease_id, single=True)
 
     async def complete(self, lease_id: str, outputs: dict[str, str]) -> None:
         outputs = dict(outputs)
