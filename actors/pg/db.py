@@ -230,7 +230,7 @@ class Database:
             while True:
                 try:
                     conn = await self.thread(self._listening_connection)
-                except psycopg.OperationalError as exc:
+                except psycopg.Error as exc:
                     if not quiet:
                         reason = " ".join(str(exc).split())
                         log.warning("cannot listen for notifications (%s); retrying", reason)
@@ -243,8 +243,9 @@ class Database:
                     await trio.to_thread.run_sync(
                         self._pump, conn, on_note, token, stop, abandon_on_cancel=True
                     )
-                except psycopg.OperationalError as exc:
-                    log.warning("lost the notification connection (%s); reconnecting", exc)
+                except psycopg.Error as exc:
+                    reason = " ".join(str(exc).split())
+                    log.warning("lost the notification connection (%s); reconnecting", reason)
                     await trio.sleep(0.2)
         finally:
             stop.set()

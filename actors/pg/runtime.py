@@ -488,23 +488,25 @@ class PgRuntime:
             with send:
                 while send.statistics().open_receive_channels:
                     wake = waiter.rearm()
-                    if number == 0:  # a stream opened before the first run follows it in
-                        number = await self._db.run(self._latest_number, workflow_id)
+                    try:
+                        if number == 0:  # a stream opened before the first run follows it in
+                            number = await self._db.run(self._latest_number, workflow_id)
+                            if number:
+                                self._wake.unwatch_log(key, waiter)
+                                key = (workflow_id, number, job_id)
+                                self._wake.watch_log(key, waiter)
+                        chunks: list[LogChunk] = []
+                        ended = False
                         if number:
-                            self._wake.unwatch_log(key, waiter)
-                            key = (workflow_id, number, job_id)
-                            self._wake.watch_log(key, waiter)
-                    if number:
-                        try:
                             chunks, after, ended = await self._db.run(
                                 self._engine.follow_log, key, after
                             )
-                        except Unavailable:
-                            chunks, ended = [], False  # the database is away: look again later
-                        for chunk in chunks:
-                            send.send_nowait(chunk)
-                        if ended:
-                            return
+                    except Unavailable:
+                        chunks, ended = [], False  # the database is away: look again later
+                    for chunk in chunks:
+                        send.send_nowait(chunk)
+                    if ended:
+                        return
                     with trio.move_on_after(POLL_FLOOR_SECS):
                         await wake.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -543,13 +545,16 @@ class PgRuntime:
     # --- notifications ---
 
     def _on_note(self, payload: list[Any]) -> None:
-        kind = payload[0] if payload else None
-        if kind == "r":
-            self._wake.ready(frozenset(json.loads(payload[1])))
-        elif kind in ("l", "e"):
-            self._wake.log((payload[1], payload[2], payload[3]))
-        elif kind == "w":
-            self._wake.leader.set()
+        try:
+            kind = payload[0]
+            if kind == "r":
+                self._wake.ready(frozenset(json.loads(payload[1])))
+            elif kind in ("l", "e"):
+                self._wake.log((payload[1], payload[2], payload[3]))
+            elif kind == "w":
+                self._wake.leader.set()
+        except (IndexError, TypeError, ValueError):
+            log.warning("ignoring a notification of an unknown shape: %r", payload)
 
     def _on_listening(self) -> None:
         # Whatever was sent while the listener was away is lost: everyone looks again.
@@ -564,19 +569,26 @@ class PgRuntime:
         engine, db = self._engine, self._db
         while True:
             due = await db.run(engine.due)
-            for lease_id in due["leases"]:
-                await db.run(engine.expire_lease, lease_id)
-            for workflow_id, number, job_id in due["queue"]:
-                await db.run(engine.deadline, "queue", workflow_id, number, job_id)
-            for workflow_id, number, job_id, lease_id in due["job"]:
-                await db.run(engine.deadline, "job", workflow_id, number, job_id, lease_id)
-            for workflow_id, number in due["run"]:
-                await db.run(engine.deadline, "run", workflow_id, number)
+            duties: list[tuple[Any, ...]] = [(engine.expire_lease, i) for i in due["leases"]]
+            duties += [(engine.deadline, "queue", *row) for row in due["queue"]]
+            duties += [(engine.deadline, "job", *row) for row in due["job"]]
+            duties += [(engine.deadline, "run", *row) for row in due["run"]]
+            for duty in duties:
+                await self._duty(*duty)
             promoted = await db.run(engine.promote_due)
             await db.run(engine.prune)
             if max(len(v) for v in due.values()) < DUTY_BATCH and promoted < DUTY_BATCH:
                 break
         return await db.run(engine.next_deadline_ms)
+
+    async def _duty(self, fn, *args: Any) -> None:
+        """One duty; a failure of one (a defect) is logged and does not stop the others."""
+        try:
+            await self._db.run(fn, *args)
+        except Unavailable:
+            raise
+        except Exception:  # noqa: BLE001 - logged; the next round tries it again
+            log.exception("the duty %s%r failed", fn.__name__, args)
 
     async def lead(self, say=None) -> None:
         """Hold leadership (a session advisory lock on a connection of its own) when
@@ -606,7 +618,11 @@ class PgRuntime:
                         await self._wake.leader.wait()
             except (psycopg.Error, Unavailable) as exc:
                 if self.leading:
-                    log.warning("lost leadership (%s); retrying", exc)
+                    log.warning("lost leadership (%s); retrying", " ".join(str(exc).split()))
+                self.leading = False
+                await trio.sleep(STANDBY_RETRY_SECS)
+            except Exception:  # noqa: BLE001 - a defect must not take the node down
+                log.exception("the leader's loop failed; starting it again")
                 self.leading = False
                 await trio.sleep(STANDBY_RETRY_SECS)
             finally:
