@@ -62,6 +62,7 @@ from .models import (
     Workflow,
     WorkflowCreate,
 )
+from .plan import static_job_count
 from .rules import JobRun, RunPlan
 from .rules import Run as RunState
 from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, StopParking, Unpark
@@ -299,13 +300,11 @@ class Runtime:
             raise NotFound(f"workflow '{workflow_id}' not found") from None
 
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
-        if len(body.jobs) > self.limits.max_jobs_per_workflow:
-            raise LimitExceeded(
-                f"limit max_jobs_per_workflow ({self.limits.max_jobs_per_workflow}) exceeded"
-            )
-        for job in body.jobs:
-            self._check_labels(job.required_labels, where=f"job '{job.id}': ")
+        limit = self.limits.max_jobs_per_workflow
+        if body.jobs and len(body.jobs) > limit:  # refused before building anything
+            raise LimitExceeded(f"limit max_jobs_per_workflow ({limit}) exceeded")
         spec = spec_from_create(str(uuid.uuid4()), body)
+        self.check_definition(spec)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
@@ -476,6 +475,15 @@ class Runtime:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._system.workers.ask(ListWorkers())
+
+    def check_definition(self, spec: WorkflowSpec) -> None:
+        """The limits a definition must keep: jobs (a static matrix counts each
+        combination) and labels per job."""
+        limit = self.limits.max_jobs_per_workflow
+        if sum(static_job_count(job) for job in spec.jobs) > limit:
+            raise LimitExceeded(f"limit max_jobs_per_workflow ({limit}) exceeded")
+        for job in spec.jobs:
+            self._check_labels(list(job.required_labels), where=f"job '{job.id}': ")
 
     def _check_labels(self, labels: list[str], where: str = "") -> None:
         if len(labels) > self.limits.max_labels:

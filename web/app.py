@@ -248,9 +248,15 @@ def create_app(
 
     @app.errorhandler(BadRequest)
     @app.errorhandler(WorkflowGraphError)
-    @app.errorhandler(DefinitionError)
     async def _request_error(exc: Exception):
         return _error(*error_answer(exc))
+
+    @app.errorhandler(DefinitionError)
+    async def _definition_error(exc: DefinitionError):
+        # `error` stays the one human line clients read; `errors` lists every problem.
+        status, message = error_answer(exc)
+        body = {"error": message, "errors": exc.errors()}
+        return Response(json.dumps(body), status=status, content_type="application/json")
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException):
