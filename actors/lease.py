@@ -61,9 +61,12 @@ class LeaseActor(Actor):
         workflow: WorkflowActor,
         system: System,
         deadline: float | None = None,
+        attempt: int = 0,
     ) -> None:
         super().__init__()
         self.lease = lease
+        # The job's attempt this lease runs (0 first), stamped on the logs it pushes.
+        self.attempt = attempt
         self.name = f"lease {lease.lease_id}"
         self._run_id = run_id
         self._workflow = workflow

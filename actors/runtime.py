@@ -283,7 +283,9 @@ class Runtime:
         try:
             # Shielded: a job is either leased or back in the queue, never lost between.
             with trio.CancelScope(shield=True):
-                lease_actor = LeaseActor(lease, entry.run_id, actor, self._system)
+                lease_actor = LeaseActor(
+                    lease, entry.run_id, actor, self._system, attempt=entry.attempt
+                )
                 claimed = JobClaimed(
                     entry.run_id, job_id, entry.attempt, lease, deadline_ms(lease_actor.deadline)
                 )
@@ -341,8 +343,14 @@ class Runtime:
                 stale.append(drop_lease(lease.lease_id))
                 continue
             # A deadline that passed while the server was down expires at once.
+            job_row = snapshot.jobs.get(lease.workflow_id, {}).get(lease.job_id)
             lease_actor = LeaseActor(
-                lease, run_id, actor, system, deadline=deadline_from_ms(stored_deadline)
+                lease,
+                run_id,
+                actor,
+                system,
+                deadline=deadline_from_ms(stored_deadline),
+                attempt=job_row[1].get("attempt", 0) if job_row else 0,
             )
             system.leases[lease.lease_id] = lease_actor
             system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))
@@ -377,7 +385,8 @@ class Runtime:
         if len(chunks) > self.limits.max_log_chunks_per_push:
             limit = self.limits.max_log_chunks_per_push
             raise LimitExceeded(f"limit max_log_chunks_per_push ({limit}) exceeded")
-        lease = self._lease(lease_id).lease
+        lease_actor = self._lease(lease_id)
+        lease = lease_actor.lease
         now = now_ms()
         stored = [
             LogChunk(
@@ -387,6 +396,7 @@ class Runtime:
                 data=c.data,
                 timestamp_ms=c.timestamp_ms if c.timestamp_ms is not None else now,
                 stream=c.stream,
+                attempt=lease_actor.attempt,
             )
             for c in chunks
         ]
@@ -397,16 +407,18 @@ class Runtime:
     async def get_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
         return await self._system.logs.ask(ReadLog(self._job_key(workflow_id, job_id)))
 
-    async def subscribe_logs(self, workflow_id: str, job_id: str) -> Subscription:
-        """Replay plus a live channel that closes after the job's last chunk."""
-        return await self._system.logs.ask(Subscribe(self._job_key(workflow_id, job_id)))
+    async def subscribe_logs(self, workflow_id: str, job_id: str, after: int = -1) -> Subscription:
+        """Replay (of the chunks indexed after `after`) plus a live channel that closes
+        after the job's last chunk; both give each chunk with its index in the run."""
+        key = self._job_key(workflow_id, job_id)
+        return await self._system.logs.ask(Subscribe(key, after))
 
     async def stream_logs(self, workflow_id: str, job_id: str) -> AsyncIterator[LogChunk]:
         subscription = await self.subscribe_logs(workflow_id, job_id)
-        for chunk in subscription.replay:
+        for _, chunk in subscription.replay:
             yield chunk
         async with subscription.live:
-            async for chunk in subscription.live:
+            async for _, chunk in subscription.live:
                 yield chunk
 
     async def stop_parking(self) -> None:
