@@ -10,17 +10,37 @@ their server. CLI side: followers reconnect and mark attempts.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
 from test_http_api import Api, assert_error, assert_object, chunk, job
+from worker_helpers import (
+    TcpProxy,
+    async_wait_finished,
+    job_logs,
+    kill_group_quietly,
+    log_text,
+    process_alive,
+    run_workflow,
+    start_worker,
+    wait_for,
+    wait_until_finished,
+    write_workflow,
+)
 
+import wfg.worker as worker_module
 from actors import Limits, open_runtime
-from actors.models import LogChunkIn, WorkflowCreate
+from actors.models import LogChunk, LogChunkIn, LogStream, WorkflowCreate
 from web.app import create_app
+from wfg.agent import run_shell_job
+from wfg.worker import LOG_BATCH_DELAY_SECS, LOG_STALL_SECS, Worker, _LogBuffer
 
 # --- the server: attempts and resumable streams --------------------------------
 
@@ -183,3 +203,348 @@ async def test_attempts_and_indexes_survive_a_restart(tmp_path, store_clock) -> 
             (1, 1, "try 1\n"),
             (2, 1, "more\n"),
         ]
+
+
+# --- the worker's log buffer ---------------------------------------------------
+
+
+def lines(count: int, width: int = 100) -> list[str]:
+    return [f"{i:04d}".ljust(width - 1, "x") + "\n" for i in range(count)]
+
+
+async def collect(logs: _LogBuffer, pushed: list[LogChunk], slow_secs: float = 0) -> None:
+    while batch := await logs.next_batch():
+        pushed.extend(batch)
+        await trio.sleep(slow_secs)  # a slow server
+        logs.push_succeeded()
+
+
+@pytest.fixture
+def small_log_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "LOG_HIGH_WATER_CHARS", 1000)
+    monkeypatch.setattr(worker_module, "MAX_PENDING_LOG_CHARS", 2000)
+    monkeypatch.setattr(worker_module, "_CHUNK_MAX_CHARS", 200)
+
+
+async def test_a_writer_that_drains_is_held_back_and_loses_nothing(
+    autojump_clock, small_log_buffer
+) -> None:
+    logs = _LogBuffer("wf", "job")
+    pushed: list[LogChunk] = []
+    written = lines(100)
+    most_pending = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, logs, pushed, 1.0)
+        for line in written:
+            await logs.wait_room()
+            logs.write(line, LogStream.stdout)
+            most_pending = max(most_pending, logs._pending_chars)
+        logs.close()
+    assert "".join(c.data for c in pushed) == "".join(written)
+    assert most_pending <= 1000 + 100
+    assert [c.sequence for c in pushed] == list(range(len(pushed)))
+
+
+async def test_a_stalled_server_drops_the_oldest_output_and_says_how_much(
+    autojump_clock, small_log_buffer
+) -> None:
+    logs = _LogBuffer("wf", "job")
+    pushed: list[LogChunk] = []
+    written = lines(100)
+
+    async def server_away_then_back() -> None:
+        pushed.extend(await logs.next_batch())
+        logs.push_failed()
+        await trio.sleep(LOG_STALL_SECS * 3)
+        logs.push_succeeded()
+        await collect(logs, pushed)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server_away_then_back)
+        start = trio.current_time()
+        for line in written:
+            await logs.wait_room()
+            logs.write(line, LogStream.stdout)
+        # Held back only until the server counted as stalled, not for the whole outage.
+        assert trio.current_time() - start == pytest.approx(LOG_STALL_SECS, abs=1)
+        logs.close()
+
+    notices = [c for c in pushed if c.stream == LogStream.stderr]
+    assert len(notices) == 1
+    # What went before the outage, the notice where the gap is, then the tail.
+    gap = pushed.index(notices[0])
+    before = "".join(c.data for c in pushed[:gap]).splitlines(keepends=True)
+    after = "".join(c.data for c in pushed[gap + 1 :]).splitlines(keepends=True)
+    assert before == written[: len(before)]
+    assert after == written[-len(after) :]
+    dropped = written[len(before) : -len(after)]
+    assert dropped
+    assert notices[0].data == (
+        f"[wfg worker: {len(''.join(dropped))} bytes ({len(dropped)} lines) of output"
+        " dropped here: the server was not taking logs]\n"
+    )
+    assert [c.sequence for c in pushed] == list(range(len(pushed)))
+
+
+async def test_a_writer_that_never_waits_keeps_the_tail(autojump_clock, small_log_buffer) -> None:
+    logs = _LogBuffer("wf", "job")
+    written = lines(100)
+    for line in written:
+        logs.write(line, LogStream.stdout)
+    logs.close()
+    pushed: list[LogChunk] = []
+    await collect(logs, pushed)
+    assert pushed[0].stream == LogStream.stderr
+    assert "output dropped here: the job wrote faster than its log could be sent" in pushed[0].data
+    kept = "".join(c.data for c in pushed[1:])
+    assert kept == "".join(written)[-len(kept) :]
+    assert 1000 <= len(kept) <= 2000
+
+
+async def test_a_partial_line_waits_briefly_for_its_end(autojump_clock) -> None:
+    logs = _LogBuffer("wf", "job")
+    logs.write("one\ntw", LogStream.stdout)
+    assert [c.data for c in await logs.next_batch()] == ["one\n"]
+    logs.write("o\n", LogStream.stdout)
+    assert [c.data for c in await logs.next_batch()] == ["two\n"]
+    # A line that never ends goes out after the delay anyway.
+    logs.write("prompt: ", LogStream.stdout)
+    start = trio.current_time()
+    assert [c.data for c in await logs.next_batch()] == ["prompt: "]
+    assert trio.current_time() - start == pytest.approx(LOG_BATCH_DELAY_SECS)
+
+
+# --- the shell agent, with real processes --------------------------------------
+
+
+@pytest.fixture
+def workers():
+    """Start `wfg worker` processes with `workers(url, *args)`; all are stopped at the end."""
+    started = []
+
+    def start(url: str, *args: str, **kwargs):
+        worker = start_worker(url, *args, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.shutdown()
+
+
+CHATTY = """
+name: chatty
+on: push
+jobs:
+  chatty:
+    run: "seq 1 200000; echo FINAL ERROR LINE >&2; exit 1"
+  outputs:
+    run: |
+      echo "greeting=hello" >> "$GITHUB_OUTPUT"
+      echo "other=1" >> "$WFG_OUTPUT"
+  consume:
+    needs: outputs
+    run: cat "$WFG_UPSTREAM_OUTPUTS"
+"""
+
+
+def test_a_chatty_job_keeps_every_line_and_fails_with_its_last_words(
+    workflows_dir: Path, server_factory, workers
+) -> None:
+    write_workflow(workflows_dir, "chatty", CHATTY)
+    server = server_factory(workflows_dir)
+    workers(server.url, "--concurrency", "2")
+    run_workflow(server.url, "chatty")
+    jobs = wait_until_finished(server.url, "chatty", timeout=60)
+
+    chunks = job_logs(server.url, "chatty", "chatty")
+    assert log_text(chunks).split("\n") == [str(i) for i in range(1, 200001)] + [
+        "FINAL ERROR LINE",
+        "",
+    ]
+    assert chunks[-1]["stream"] == "stderr"
+    assert not any("dropped" in c["data"] for c in chunks)
+    # Written in pieces, not one chunk per line.
+    assert len(chunks) < 1000
+    # The failure ends with what the job said last, whichever stream it said it on.
+    output = jobs["chatty"]["output"]
+    assert output.startswith("exit code 1: ")
+    assert output.endswith("\n199999\n200000\nFINAL ERROR LINE")
+
+    # GITHUB_OUTPUT is the same file as WFG_OUTPUT.
+    assert jobs["consume"]["status"] == "success"
+    upstream = json.loads(log_text(job_logs(server.url, "chatty", "consume")))
+    assert upstream == {"outputs": {"greeting": "hello", "other": "1"}}
+
+
+def test_past_the_servers_limit_a_log_keeps_its_tail(
+    workflows_dir: Path, server_factory, workers
+) -> None:
+    # 100 000 lines of 54 bytes (5.4 MB) against a 1 MiB limit.
+    text = 'name: big\non: push\njobs:\n  big:\n    run: "seq -f %053g 1 100000; echo END >&2"\n'
+    write_workflow(workflows_dir, "big", text)
+    server = server_factory(workflows_dir, env={"MAX_LOG_BYTES_PER_JOB": str(1024 * 1024)})
+    workers(server.url)
+    run_workflow(server.url, "big")
+    assert wait_until_finished(server.url, "big", timeout=60)["big"]["status"] == "success"
+
+    chunks = job_logs(server.url, "big", "big")
+    notice, *kept = chunks
+    assert notice["data"].startswith("[workflow-graph: ")
+    assert "earlier bytes of this log dropped (limit max_log_bytes_per_job)" in notice["data"]
+    body = log_text(kept).split("\n")
+    assert body[-2:] == ["END", ""]
+    numbers = [int(line) for line in body[:-2]]
+    # A contiguous tail, from a whole line to the last one.
+    assert numbers == list(range(numbers[0], 100001))
+    assert 1024 * 1024 - 54 * 400 <= len(log_text(kept)) <= 1024 * 1024
+
+
+GATED = """
+name: gated
+on: push
+jobs:
+  gated:
+    run: |
+      touch {dir}/started
+      while [ ! -e {dir}/go ]; do sleep 0.02; done
+      seq 1 100000
+      touch {dir}/printed
+      echo END >&2
+"""
+
+
+async def run_gated(tmp_path: Path, server_url: str, outage_secs: float) -> tuple[bool, list]:
+    """Run GATED through a proxy that is down while the job prints; was it held back?"""
+    async with trio.open_nursery() as nursery:
+        proxy = TcpProxy(server_url)
+        await nursery.start(proxy.run)
+        worker = Worker(proxy.url, handler=run_shell_job, worker_id="gated", claim_wait_secs=2)
+        nursery.start_soon(worker.run)
+        async with httpx.AsyncClient(base_url=server_url) as http:
+            await http.post("/api/workflows/gated/run")
+            with trio.fail_after(10):
+                while not (tmp_path / "started").exists():
+                    await trio.sleep(0.02)
+            proxy.down()
+            (tmp_path / "go").touch()
+            await trio.sleep(outage_secs)
+            held_back = not (tmp_path / "printed").exists()
+            proxy.up()
+            jobs = await async_wait_finished(http, "gated", timeout=30)
+            assert jobs["gated"]["status"] == "success"
+            chunks = (await http.get("/api/workflows/gated/jobs/gated/logs")).json()
+        nursery.cancel_scope.cancel()
+    return held_back, chunks
+
+
+async def test_a_job_is_held_back_while_its_log_cannot_go_out(
+    workflows_dir: Path, tmp_path: Path, server_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "LOG_HIGH_WATER_CHARS", 64 * 1024)
+    write_workflow(workflows_dir, "gated", GATED.format(dir=tmp_path))
+    server = server_factory(workflows_dir)
+    held_back, chunks = await run_gated(tmp_path, server.url, outage_secs=1.5)
+    assert held_back, "the job printed 589 kB while at most 64 KiB could be kept"
+    assert log_text(chunks).split("\n") == [str(i) for i in range(1, 100001)] + ["END", ""]
+
+
+async def test_a_long_outage_lets_the_job_go_on_and_keeps_the_logs_tail(
+    workflows_dir: Path, tmp_path: Path, server_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "LOG_HIGH_WATER_CHARS", 64 * 1024)
+    monkeypatch.setattr(worker_module, "MAX_PENDING_LOG_CHARS", 128 * 1024)
+    monkeypatch.setattr(worker_module, "LOG_STALL_SECS", 1.0)
+    write_workflow(workflows_dir, "gated", GATED.format(dir=tmp_path))
+    server = server_factory(workflows_dir)
+    held_back, chunks = await run_gated(tmp_path, server.url, outage_secs=2.5)
+    assert not held_back, "past LOG_STALL_SECS the job must not wait for the server"
+    (notice,) = [c for c in chunks if "dropped" in c["data"]]
+    assert notice["stream"] == "stderr"
+    assert "of output dropped here: the server was not taking logs]" in notice["data"]
+    tail = log_text(chunks[chunks.index(notice) + 1 :]).split("\n")
+    assert tail[-3:] == ["100000", "END", ""]
+    assert [int(n) for n in tail[:-2]] == list(range(int(tail[0]), 100001))
+
+
+ORPHAN = """
+name: orphan
+on: push
+jobs:
+  long:
+    run: |
+      echo $$ > "$PID_DIR/sh.pid"
+      sh -c 'sleep 1000' &
+      echo $! > "$PID_DIR/child.pid"
+      wait
+"""
+
+
+def job_pids(pid_dir: Path) -> list[int]:
+    wait_for(lambda: (pid_dir / "child.pid").exists(), 15, "the job to start")
+    pids = [int((pid_dir / name).read_text()) for name in ("sh.pid", "child.pid")]
+    # The grandchild too: `sleep 1000` under the inner sh.
+    wait_for(lambda: children_of(pids[1]), 5, "the job's grandchild")
+    pids += children_of(pids[1])
+    assert all(process_alive(pid) for pid in pids)
+    return pids
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_job_dies_with_its_killed_worker(
+    workflows_dir: Path, tmp_path: Path, server_factory, workers
+) -> None:
+    write_workflow(workflows_dir, "orphan", ORPHAN)
+    server = server_factory(workflows_dir)
+    worker = workers(server.url, env={"PID_DIR": str(tmp_path)})
+    run_workflow(server.url, "orphan")
+    try:
+        pids = job_pids(tmp_path)
+        worker.signal(signal.SIGKILL)
+        worker.wait(5)
+        # SIGTERM first, as on a cancel: a `sleep` goes at once.
+        wait_for(lambda: not any(process_alive(p) for p in pids), 3, "the job's group to die")
+    finally:
+        kill_group_quietly(tmp_path / "sh.pid")
+
+
+def test_local_workers_and_their_jobs_die_with_a_killed_server(
+    workflows_dir: Path, tmp_path: Path, server_factory
+) -> None:
+    write_workflow(workflows_dir, "orphan", ORPHAN)
+    server = server_factory(
+        workflows_dir, env={"PID_DIR": str(tmp_path)}, args=("--local-workers", "2")
+    )
+    local: list[int] = []
+    try:
+        local += wait_for(
+            lambda: (found := children_of(server.process.pid)) and len(found) == 2 and found,
+            15,
+            "two local workers",
+        )
+        run_workflow(server.url, "orphan")
+        pids = job_pids(tmp_path)
+        server.process.kill()
+        server.process.wait(5)
+        everything = local + pids
+        wait_for(
+            lambda: not any(process_alive(p) for p in everything),
+            15,
+            "the local workers and their job to end",
+        )
+    finally:
+        kill_group_quietly(tmp_path / "sh.pid")
+        for pid in local:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
