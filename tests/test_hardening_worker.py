@@ -12,14 +12,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trio.testing
+from test_client import claim_one
 from test_http_api import Api, assert_error, assert_object, chunk, job
 from worker_helpers import (
     TcpProxy,
@@ -37,8 +43,9 @@ from worker_helpers import (
 
 import wfg.worker as worker_module
 from actors import Limits, open_runtime
-from actors.models import LogChunk, LogChunkIn, LogStream, WorkflowCreate
+from actors.models import JobCreate, LogChunk, LogChunkIn, LogStream, WorkflowCreate
 from web.app import create_app
+from wfg import AsyncClient, Client
 from wfg.agent import run_shell_job
 from wfg.worker import LOG_BATCH_DELAY_SECS, LOG_STALL_SECS, Worker, _LogBuffer
 
@@ -548,3 +555,148 @@ def test_local_workers_and_their_jobs_die_with_a_killed_server(
         for pid in local:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- the CLI: followers ride out restarts, log views mark attempts ------------------
+
+
+@dataclass
+class Follower:
+    """A `wfg` command left running; its stdout and stderr collected as they come."""
+
+    process: subprocess.Popen
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, url: str, *args: str) -> Follower:
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "SERVER_URL")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wfg", "--server", url, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        follower = cls(process)
+        for stream, lines in ((process.stdout, follower.out), (process.stderr, follower.err)):
+            threading.Thread(target=lambda s=stream, ls=lines: ls.extend(s), daemon=True).start()
+        return follower
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.process.wait(timeout)
+        time.sleep(0.1)  # the readers catch up with the last lines
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+RIDE = """
+name: ride
+on: push
+jobs:
+  only:
+    run: "true"
+    labels: [ride-out]
+"""
+
+
+def test_followers_ride_out_a_server_restart(
+    workflows_dir: Path, tmp_path: Path, server_factory
+) -> None:
+    write_workflow(workflows_dir, "ride", RIDE)
+    env = {"DATA_DIR": str(tmp_path / "state")}
+    first = server_factory(workflows_dir, env=env)
+    run = Follower.start(first.url, "run", "ride", "--follow")
+    followers = [run]
+    try:
+        with Client(first.url) as client:
+            lease = claim_one(client, "w1", "ride-out").lease.lease_id
+            before = [LogChunkIn(sequence=i, data=f"before {i}\n") for i in range(2)]
+            client.push_logs(lease, before)
+        logs = Follower.start(first.url, "logs", "ride", "only", "--follow")
+        quitter = Follower.start(first.url, "logs", "ride", "only", "-f", "--reconnect", "0")
+        followers += [logs, quitter]
+        wait_for(lambda: len(logs.out) == 2 and len(quitter.out) == 2, 15, "the replay")
+
+        first.process.kill()  # a crash: every stream breaks with no goodbye
+        first.process.wait(5)
+        # --reconnect 0: the broken stream is an error at once, as before.
+        assert quitter.wait() == 1
+        assert len(quitter.err) == 1 and "peer closed connection" in quitter.err[0]
+        wait_for(lambda: logs.err and run.err, 15, "both followers to say they reconnect")
+        assert "reconnecting (for up to 60 s)" in logs.err[0]
+
+        port = first.url.rsplit(":", 1)[1]
+        second = server_factory(workflows_dir, env={**env, "PORT": port})
+        assert second.url == first.url
+        with Client(second.url) as client:
+            client.push_logs(lease, [LogChunkIn(sequence=2, data="after\n")])
+            client.complete(lease)
+        assert logs.wait() == 0, logs.err
+        assert run.wait() == 0, run.err
+    finally:
+        for follower in followers:
+            follower.stop()
+    # Nothing twice, nothing lost; one line about the outage, on stderr.
+    assert logs.out == ["before 0\n", "before 1\n", "after\n"]
+    assert len(logs.err) == 1
+    assert len(run.err) == 1 and "reconnecting" in run.err[0]
+    assert run.out[-1].startswith("ride: success")
+
+
+def test_log_views_mark_where_each_attempt_starts(workflows_dir: Path, server_factory) -> None:
+    server = server_factory(workflows_dir)
+    body = WorkflowCreate(
+        name="marks",
+        jobs=[JobCreate(id="flaky", command="x", required_labels=["marks"], max_retries=1)],
+    )
+    with Client(server.url) as client:
+        workflow = client.create_workflow(body)
+        run = Follower.start(server.url, "run", workflow.id, "--follow")
+        try:
+            first = claim_one(client, "w1", "marks")
+            client.push_logs(
+                first.lease.lease_id,
+                [LogChunkIn(sequence=0, data="try one\n"), LogChunkIn(sequence=1, data="cut")],
+            )
+            client.fail(first.lease.lease_id, "flaky", retryable=True)
+            second = claim_one(client, "w1", "marks")
+            assert second.job.attempt == 1
+            again = LogChunkIn(sequence=0, data="try two\n", stream=LogStream.stderr)
+            client.push_logs(second.lease.lease_id, [again])
+            client.fail(second.lease.lease_id, "exit code 1: try two")
+            assert run.wait() == 1
+        finally:
+            run.stop()
+    logs = Follower.start(server.url, "logs", workflow.id, "flaky")
+    assert logs.wait() == 0
+    # Piped, so plain: the mark on a line of its own, even after a partial line.
+    assert "".join(logs.out) == "try one\ncut\n-- attempt 2 --\n"
+    assert logs.err == ["try two\n"]
+    report = [line.rstrip("\n") for line in run.out if line.startswith("  | ")]
+    assert report == ["  | try one", "  | cut", "  | -- attempt 2 --", "  | try two"]
+
+
+async def test_both_clients_resume_a_stream_with_last_event_id() -> None:
+    chunk = LogChunk(
+        workflow_id="w", job_id="j", sequence=0, data="x\n", timestamp_ms=1, stream="stdout"
+    )
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Last-Event-ID"))
+        body = f"event: log\nid: 8\ndata: {chunk.model_dump_json()}\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    with Client("http://server", transport=httpx.MockTransport(answer)) as client:
+        assert list(client.stream_log_events("w", "j", last_event_id="7")) == [("8", chunk)]
+        assert list(client.stream_logs("w", "j")) == [chunk]
+    async with AsyncClient("http://server", transport=httpx.MockTransport(answer)) as aclient:
+        events = [e async for e in aclient.stream_log_events("w", "j", last_event_id="7")]
+        assert events == [("8", chunk)]
+        assert [c async for c in aclient.stream_logs("w", "j", last_event_id="8")] == [chunk]
+    assert seen == ["7", None, "7", "8"]

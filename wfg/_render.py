@@ -53,9 +53,14 @@ class Output:
     plain: bool
 
 
+def is_plain() -> bool:
+    """Plain text when stdout is piped or `NO_COLOR` is set."""
+    return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+
+
 def make_output() -> Output:
     """Rich output on a terminal; plain text when piped or when `NO_COLOR` is set."""
-    plain = bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+    plain = is_plain()
     if plain:
         console = Console(no_color=True, force_terminal=False, highlight=False, soft_wrap=True)
     else:
@@ -159,14 +164,39 @@ def ago(ms: int, now: int | None = None) -> str:
     return format_duration(((now or now_ms()) - ms) / 1000) + " ago"
 
 
-def log_tail(chunks: Iterable[LogChunk], lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines of the job's log, stdout and stderr interleaved."""
-    text = "".join(chunk.data for chunk in sorted(chunks, key=_chunk_order))
+def log_tail(
+    chunks: Iterable[LogChunk], lines: int = LOG_TAIL_LINES, plain: bool = True
+) -> list[str]:
+    """The last `lines` lines of the job's log, stdout and stderr interleaved as stored,
+    with a line where each attempt starts."""
+    marks = AttemptMarks(plain)
+    text = "".join(marks.before(chunk) + chunk.data for chunk in chunks)
     return text.splitlines()[-lines:]
 
 
-def _chunk_order(chunk: LogChunk) -> tuple[int, int]:
-    return (chunk.timestamp_ms, chunk.sequence)
+class AttemptMarks:
+    """Where a job's log moves on to another attempt: `── attempt 2 ──` on a line of its own.
+
+    Feed it every chunk in order; the first attempt gets no mark, so the log of a
+    job that never retried reads exactly as it was written.
+    """
+
+    def __init__(self, plain: bool) -> None:
+        self._bar = "--" if plain else "──"
+        self._attempt = 0
+        self._line_start = True
+
+    def before(self, chunk: LogChunk) -> str:
+        """The text to show before `chunk`: a mark if it starts an attempt, else ""."""
+        mark = ""
+        if chunk.attempt != self._attempt:
+            self._attempt = chunk.attempt
+            newline = "" if self._line_start else "\n"
+            mark = f"{newline}{self._bar} attempt {chunk.attempt + 1} {self._bar}\n"
+            self._line_start = True
+        if chunk.data:
+            self._line_start = chunk.data.endswith("\n")
+        return mark
 
 
 # --- tables -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from actors.models import JobStatus
+from actors.models import JobStatus, LogChunk
 
 from . import _render as render
 from ._errors import ClientError, ServerUnreachable, WorkflowApiError
@@ -73,6 +73,15 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table."
+)
+reconnect_option = click.option(
+    "--reconnect",
+    "reconnect_secs",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="SECS",
+    help="With --follow: when the server goes away, keep trying this long (0: give up at once).",
 )
 
 
@@ -158,30 +167,40 @@ def workers_command(state: _State, as_json: bool) -> None:
 @click.argument("workflow_id", metavar="ID")
 @click.argument("job_id", metavar="JOB")
 @click.option("--follow", "-f", is_flag=True, help="Stream the log live until the job ends.")
+@reconnect_option
 @json_option
 @pass_state
-def logs_command(state: _State, workflow_id: str, job_id: str, follow: bool, as_json: bool) -> None:
+def logs_command(
+    state: _State,
+    workflow_id: str,
+    job_id: str,
+    follow: bool,
+    reconnect_secs: float,
+    as_json: bool,
+) -> None:
     """Print a job's log (its latest run); stderr output goes to stderr.
 
+    A line such as `── attempt 2 ──` marks where a retry's output starts.
     With --json, the log chunks: a JSON array, or with --follow one chunk per line.
     """
-    from ._follow import write_chunk
+    from ._follow import LogWriter, Reconnector, follow_log
 
     client = state.client()
+    write: Callable[[LogChunk], None]
+    if as_json:
+        write = lambda chunk: click.echo(chunk.model_dump_json())  # noqa: E731
+    else:
+        write = LogWriter(render.is_plain())
     if not follow:
         chunks = client.get_job_logs(workflow_id, job_id)
         if as_json:
             _print_json(chunks)
             return
         for chunk in chunks:
-            write_chunk(chunk)
+            write(chunk)
         return
     try:
-        for chunk in client.stream_logs(workflow_id, job_id):
-            if as_json:
-                click.echo(chunk.model_dump_json())
-            else:
-                write_chunk(chunk)
+        follow_log(client, workflow_id, job_id, write, Reconnector(reconnect_secs))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 
@@ -197,15 +216,18 @@ def logs_command(state: _State, workflow_id: str, job_id: str, follow: bool, as_
     is_flag=True,
     help="Watch the run until it ends; exit 1 unless every job succeeds.",
 )
+@reconnect_option
 @json_option
 @pass_state
-def run_command(state: _State, workflow_id: str, follow: bool, as_json: bool) -> None:
+def run_command(
+    state: _State, workflow_id: str, follow: bool, reconnect_secs: float, as_json: bool
+) -> None:
     """Start a run of a workflow.
 
     With --json, print the workflow's status after starting it (with --follow,
     its final status instead of the live view).
     """
-    from ._follow import follow_run, snapshots
+    from ._follow import Reconnector, follow_run, snapshots
 
     client = state.client()
     client.run_workflow(workflow_id)
@@ -215,12 +237,13 @@ def run_command(state: _State, workflow_id: str, follow: bool, as_json: bool) ->
         else:
             click.echo(f"started {workflow_id}")
         return
+    reconnect = Reconnector(reconnect_secs)
     try:
         if as_json:
-            *_, final = snapshots(client, workflow_id)
+            *_, final = snapshots(client, workflow_id, reconnect=reconnect)
             _print_json(final)
         else:
-            final = follow_run(client, workflow_id, render.make_output())
+            final = follow_run(client, workflow_id, render.make_output(), reconnect)
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching; {workflow_id} continues on the server", err=True)
         click.echo(f"(wfg cancel {workflow_id} stops it)", err=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import re
 import secrets
 import socket
@@ -34,6 +33,7 @@ import trio
 from actors.clock import now_ms
 from actors.models import ID_PATTERN, Claim, Lease, LogChunk, LogStream, QueuedJob
 
+from ._backoff import Backoff
 from ._errors import ClientError, WorkflowApiError
 from .client import AsyncClient
 
@@ -91,24 +91,6 @@ def default_worker_id() -> str:
     """The hostname plus a short random suffix, in the server's id alphabet."""
     host = _ID_UNSAFE.sub("-", socket.gethostname())[:100] or "worker"
     return f"{host}-{secrets.token_hex(3)}"
-
-
-class _Backoff:
-    """Capped exponential delays with jitter, so restarted servers are not stampeded."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self._failures = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self._failures, 30))
-        self._failures += 1
-        # "Equal jitter": never shorter than half the step, never in lockstep.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 @dataclass(slots=True)
@@ -560,7 +542,7 @@ class Worker:
         return False
 
     async def _claim_loop(self, jobs: trio.Nursery) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         registered = False
         while not self._stopping:
             # Only ask for work when a slot is free.
@@ -712,7 +694,7 @@ class Worker:
 
     async def _keep_lease(self, run: _JobRun) -> None:
         interval = run.claim.lease.ttl_secs / 3
-        backoff = _Backoff(cap=interval)
+        backoff = Backoff(cap=interval)
         delay = interval
         while True:
             await trio.sleep(delay)
@@ -755,7 +737,7 @@ class Worker:
             run.logs_done.set()
 
     async def _push_batch(self, run: _JobRun, batch: list[LogChunk]) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while not run.refused:
             try:
                 with _bounded(30):
@@ -787,7 +769,7 @@ class Worker:
 
     async def _report(self, run: _JobRun, outcome: _Outcome) -> bool:
         """Deliver the result; True once the server has it."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 with _bounded(30):
