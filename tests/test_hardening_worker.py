@@ -700,3 +700,30 @@ async def test_both_clients_resume_a_stream_with_last_event_id() -> None:
         assert events == [("8", chunk)]
         assert [c async for c in aclient.stream_logs("w", "j", last_event_id="8")] == [chunk]
     assert seen == ["7", None, "7", "8"]
+
+
+WIDE = """
+name: wide
+on: push
+jobs:
+  wide:
+    run: |
+      head -c 3000 /dev/zero | tr '\\0' x
+      echo
+"""
+
+
+def test_output_the_server_refuses_leaves_a_notice_in_the_log(
+    workflows_dir: Path, server_factory, workers
+) -> None:
+    # One 3000-byte line: a push of it exceeds the smallest body limit a server takes.
+    write_workflow(workflows_dir, "wide", WIDE)
+    server = server_factory(workflows_dir, env={"MAX_BODY_BYTES": "1024"})
+    workers(server.url)
+    run_workflow(server.url, "wide")
+    assert wait_until_finished(server.url, "wide")["wide"]["status"] == "success"
+    (notice,) = job_logs(server.url, "wide", "wide")
+    assert notice["stream"] == "stderr"
+    assert notice["data"].startswith(
+        "[wfg worker: 3001 bytes of output refused by the server and dropped here: 413"
+    )

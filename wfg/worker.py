@@ -736,7 +736,9 @@ class Worker:
         finally:
             run.logs_done.set()
 
-    async def _push_batch(self, run: _JobRun, batch: list[LogChunk]) -> None:
+    async def _push_batch(
+        self, run: _JobRun, batch: list[LogChunk], *, say_refusal: bool = True
+    ) -> None:
         backoff = Backoff()
         while not run.refused:
             try:
@@ -755,6 +757,10 @@ class Worker:
                     return
                 if exc.status < 500 and exc.status not in (408, 429):
                     log.warning("job %s: %d log chunk(s) refused: %s", run.name, len(batch), exc)
+                    if say_refusal:
+                        # The log itself says what is missing from it.
+                        notice = _refusal_notice(batch, exc)
+                        await self._push_batch(run, [notice], say_refusal=False)
                     return
             except (ClientError, _TimedOut):
                 pass
@@ -802,6 +808,17 @@ class Worker:
                 log.warning("job %s: result not delivered before the lease ran out", run.name)
                 return False
             await trio.sleep(delay)
+
+
+def _refusal_notice(batch: list[LogChunk], exc: WorkflowApiError) -> LogChunk:
+    size = sum(len(c.data.encode("utf-8", "replace")) for c in batch)
+    return batch[0].model_copy(
+        update={
+            "data": f"[wfg worker: {size} bytes of output refused by the server and dropped"
+            f" here: {exc}]\n",
+            "stream": LogStream.stderr,
+        }
+    )
 
 
 class _TimedOut(Exception):
