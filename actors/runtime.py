@@ -674,7 +674,8 @@ class Runtime:
         if len(chunks) > self.limits.max_log_chunks_per_push:
             limit = self.limits.max_log_chunks_per_push
             raise LimitExceeded(f"limit max_log_chunks_per_push ({limit}) exceeded")
-        lease = self._lease(lease_id).lease
+        lease_actor = self._lease(lease_id)
+        lease = lease_actor.lease
         now = now_ms()
         stored = [
             LogChunk(
@@ -684,6 +685,7 @@ class Runtime:
                 data=c.data,
                 timestamp_ms=c.timestamp_ms if c.timestamp_ms is not None else now,
                 stream=c.stream,
+                attempt=lease_actor.attempt,
             )
             for c in chunks
         ]
@@ -721,31 +723,42 @@ class Runtime:
         journal = self._system.journal
         if journal is None:
             return []
+        return [chunk for _, chunk in await self._stored_log_indexed(workflow_id, number, job_id)]
+
+    async def _stored_log_indexed(
+        self, workflow_id: str, number: int, job_id: str, after: int = -1
+    ) -> list[tuple[int, LogChunk]]:
+        journal = self._system.journal
+        if journal is None:
+            return []
         texts = await journal.read(lambda db: read_log(db, workflow_id, number, job_id))
         chunks = [LogChunk.model_validate_json(t) for t in texts]
-        return stored_log(chunks, self.limits.max_log_bytes_per_job)
+        return stored_log(chunks, self.limits.max_log_bytes_per_job, after)
 
     async def subscribe_logs(
-        self, workflow_id: str, job_id: str, number: int | None = None
+        self, workflow_id: str, job_id: str, number: int | None = None, after: int = -1
     ) -> Subscription:
-        """Replay plus a live channel that closes after the job's last chunk."""
+        """Replay (of the chunks indexed after `after`) plus a live channel that closes
+        after the job's last chunk; both give each chunk with its index in the run."""
         actor, number = await self._log_key(workflow_id, job_id, number)
-        subscription = await self._system.logs.ask(Subscribe((workflow_id, number, job_id)))
+        key = (workflow_id, number, job_id)
+        subscription = await self._system.logs.ask(Subscribe(key, after))
         if subscription is not None:
             return subscription
         # A run no longer in memory has ended: its stream is the replay alone.
-        send, receive = trio.open_memory_channel[LogChunk](0)
+        send, receive = trio.open_memory_channel[tuple[int, LogChunk]](0)
         send.close()
-        return Subscription(await self._stored_log(workflow_id, number, job_id), receive)
+        replay = await self._stored_log_indexed(workflow_id, number, job_id, after)
+        return Subscription(replay, receive)
 
     async def stream_logs(
         self, workflow_id: str, job_id: str, number: int | None = None
     ) -> AsyncIterator[LogChunk]:
         subscription = await self.subscribe_logs(workflow_id, job_id, number)
-        for chunk in subscription.replay:
+        for _, chunk in subscription.replay:
             yield chunk
         async with subscription.live:
-            async for chunk in subscription.live:
+            async for _, chunk in subscription.live:
                 yield chunk
 
     async def stop_parking(self) -> None:

@@ -51,7 +51,7 @@ QUEUED_JOB_KEYS = {
     "delayed_until_ms",
 }
 LEASE_KEYS = {"lease_id", "job_id", "workflow_id", "worker_id", "ttl_secs", "granted_at_ms"}
-LOG_CHUNK_KEYS = {"workflow_id", "job_id", "sequence", "data", "timestamp_ms", "stream"}
+LOG_CHUNK_KEYS = {"workflow_id", "job_id", "sequence", "data", "timestamp_ms", "stream", "attempt"}
 WORKER_KEYS = {
     "worker_id",
     "labels",
