@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .errors import LimitExceeded
 from .models import LogChunk, LogChunkIn, WorkflowCreate
+from .plan import static_job_count
+from .spec import WorkflowSpec
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,21 @@ class Limits:
             raise LimitExceeded(f"{where}limit max_labels ({self.max_labels}) exceeded")
 
     def check_create(self, body: WorkflowCreate) -> None:
-        if len(body.jobs) > self.max_jobs_per_workflow:
+        """Refused before anything is built (the definition is checked once built)."""
+        if body.jobs and len(body.jobs) > self.max_jobs_per_workflow:
             raise LimitExceeded(
                 f"limit max_jobs_per_workflow ({self.max_jobs_per_workflow}) exceeded"
             )
-        for job in body.jobs:
-            self.check_labels(job.required_labels, where=f"job '{job.id}': ")
+
+    def check_definition(self, spec: WorkflowSpec) -> None:
+        """The limits a definition must keep: jobs (a static matrix counts each
+        combination) and labels per job."""
+        if sum(static_job_count(job) for job in spec.jobs) > self.max_jobs_per_workflow:
+            raise LimitExceeded(
+                f"limit max_jobs_per_workflow ({self.max_jobs_per_workflow}) exceeded"
+            )
+        for job in spec.jobs:
+            self.check_labels(list(job.required_labels), where=f"job '{job.id}': ")
 
     def check_room(self, workflows: int) -> None:
         """Refuse one more workflow when `workflows` already exist."""
@@ -48,10 +59,10 @@ class Limits:
 
 
 def stamp_chunks(
-    workflow_id: str, job_id: str, chunks: Iterable[LogChunkIn], now: int
+    workflow_id: str, job_id: str, chunks: Iterable[LogChunkIn], now: int, attempt: int
 ) -> list[LogChunk]:
-    """Pushed chunks as stored: the lease's job's, whatever ids they carry; a chunk
-    without a timestamp gets the time it arrived."""
+    """Pushed chunks as stored: the lease's job's and attempt's, whatever ids they carry;
+    a chunk without a timestamp gets the time it arrived."""
     return [
         LogChunk(
             workflow_id=workflow_id,
@@ -60,6 +71,7 @@ def stamp_chunks(
             data=c.data,
             timestamp_ms=c.timestamp_ms if c.timestamp_ms is not None else now,
             stream=c.stream,
+            attempt=attempt,
         )
         for c in chunks
     ]

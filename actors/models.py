@@ -324,6 +324,9 @@ class LogChunk(BaseModel):
     data: str
     timestamp_ms: int
     stream: LogStream
+    # Extension; clients ignore unknown keys. The attempt (0 first) whose lease pushed
+    # the chunk: `sequence` counts from 0 again in each attempt.
+    attempt: int = 0
 
 
 class WorkerInfo(BaseModel):

@@ -290,6 +290,7 @@ class Runtime:
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
         self.limits.check_create(body)
         spec = spec_from_create(str(uuid.uuid4()), body)
+        self.check_definition(spec)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
@@ -455,6 +456,10 @@ class Runtime:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._system.workers.ask(ListWorkers())
+
+    def check_definition(self, spec: WorkflowSpec) -> None:
+        """The limits a definition must keep (see `Limits.check_definition`)."""
+        self.limits.check_definition(spec)
 
     # --- the worker protocol ---
 
@@ -639,8 +644,11 @@ class Runtime:
         """Store chunks as the lease's job's, whatever ids they carry."""
         chunks = list(chunks)
         self.limits.check_push(chunks)
-        lease = self._lease(lease_id).lease
-        stored = stamp_chunks(lease.workflow_id, lease.job_id, chunks, now_ms())
+        lease_actor = self._lease(lease_id)
+        lease = lease_actor.lease
+        stored = stamp_chunks(
+            lease.workflow_id, lease.job_id, chunks, now_ms(), lease_actor.attempt
+        )
         await self._ask_lease(lease_id, PushLogs(stored))
 
     # --- logs ---
@@ -675,22 +683,33 @@ class Runtime:
         journal = self._system.journal
         if journal is None:
             return []
+        return [chunk for _, chunk in await self._stored_log_indexed(workflow_id, number, job_id)]
+
+    async def _stored_log_indexed(
+        self, workflow_id: str, number: int, job_id: str, after: int = -1
+    ) -> list[tuple[int, LogChunk]]:
+        journal = self._system.journal
+        if journal is None:
+            return []
         texts = await journal.read(lambda db: read_log(db, workflow_id, number, job_id))
         chunks = [LogChunk.model_validate_json(t) for t in texts]
-        return stored_log(chunks, self.limits.max_log_bytes_per_job)
+        return stored_log(chunks, self.limits.max_log_bytes_per_job, after)
 
     async def subscribe_logs(
-        self, workflow_id: str, job_id: str, number: int | None = None
+        self, workflow_id: str, job_id: str, number: int | None = None, after: int = -1
     ) -> Subscription:
-        """Replay plus a live channel that closes after the job's last chunk."""
+        """Replay (of the chunks indexed after `after`) plus a live channel that closes
+        after the job's last chunk; both give each chunk with its index in the run."""
         actor, number = await self._log_key(workflow_id, job_id, number)
-        subscription = await self._system.logs.ask(Subscribe((workflow_id, number, job_id)))
+        key = (workflow_id, number, job_id)
+        subscription = await self._system.logs.ask(Subscribe(key, after))
         if subscription is not None:
             return subscription
         # A run no longer in memory has ended: its stream is the replay alone.
-        send, receive = trio.open_memory_channel[LogChunk](0)
+        send, receive = trio.open_memory_channel[tuple[int, LogChunk]](0)
         send.close()
-        return Subscription(await self._stored_log(workflow_id, number, job_id), receive)
+        replay = await self._stored_log_indexed(workflow_id, number, job_id, after)
+        return Subscription(replay, receive)
 
     async def stream_logs(
         self, workflow_id: str, job_id: str, number: int | None = None

@@ -93,6 +93,8 @@ class CancelledQuery(BaseModel):
 
 class StreamQuery(BaseModel):
     access_token: str | None = None
+    # For clients that cannot send the `Last-Event-ID` header; the header wins.
+    last_event_id: QueryNumber | None = None
 
 
 # Root models give the OpenAPI document a schema for the bare JSON answers.
@@ -248,9 +250,15 @@ def create_app(
 
     @app.errorhandler(BadRequest)
     @app.errorhandler(WorkflowGraphError)
-    @app.errorhandler(DefinitionError)
     async def _request_error(exc: Exception):
         return _error(*error_answer(exc))
+
+    @app.errorhandler(DefinitionError)
+    async def _definition_error(exc: DefinitionError):
+        # `error` stays the one human line clients read; `errors` lists every problem.
+        status, message = error_answer(exc)
+        body = {"error": message, "errors": exc.errors()}
+        return Response(json.dumps(body), status=status, content_type="application/json")
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException):
@@ -451,13 +459,19 @@ def create_app(
     @app.get("/api/workflows/<workflow_id>/jobs/<job_id>/logs/stream")
     @document_querystring(StreamQuery)
     @document_response(EventStream, 200)
-    @_errors(401, 404, 429)
+    @_errors(400, 401, 404, 429)
     async def job_log_stream(workflow_id: str, job_id: str):
-        """Server-Sent Events: replay, then live chunks, ending after the job ends."""
+        """Server-Sent Events: replay, then live chunks, ending after the job ends.
+
+        Each event's `id` is the chunk's index in the run. A reconnecting client sends
+        the last one it saw as `Last-Event-ID` (or `?last_event_id=`), and the
+        replay starts after it.
+        """
         return await _log_stream(workflow_id, job_id, None)
 
     async def _log_stream(workflow_id: str, job_id: str, number: int | None) -> Response:
-        subscription = await runtime.subscribe_logs(workflow_id, job_id, number)
+        after = _last_event_id()
+        subscription = await runtime.subscribe_logs(workflow_id, job_id, number, after)
         if not streams.acquire():
             subscription.live.close()
             response = _error(429, f"limit max_sse_streams ({max_sse_streams}) reached")
@@ -483,26 +497,39 @@ def create_app(
     return app
 
 
-def _sse_event(chunk: LogChunk) -> bytes:
-    return f"event: log\nid: {chunk.sequence}\ndata: {chunk.model_dump_json()}\n\n".encode()
+def _last_event_id() -> int:
+    """Where a resumed log stream starts: after this index; -1 for a fresh stream."""
+    name, raw = "Last-Event-ID header", request.headers.get("Last-Event-ID")
+    if raw is None:
+        name, raw = "query parameter 'last_event_id'", request.args.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return -1
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"{name} must be a non-negative integer (an event id of this stream)")
+    return int(raw)
+
+
+def _sse_event(index: int, chunk: LogChunk) -> bytes:
+    return f"event: log\nid: {index}\ndata: {chunk.model_dump_json()}\n\n".encode()
 
 
 async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
     """Replay, then live chunks until the job ends or the stream has lived `max_secs`."""
     deadline = trio.current_time() + max_secs
-    for chunk in subscription.replay:
-        yield _sse_event(chunk)
+    for index, chunk in subscription.replay:
+        yield _sse_event(index, chunk)
     live = subscription.live
     async with live:
         while True:
             if trio.current_time() >= deadline:
-                # A clean end; an EventSource reconnects and gets a fresh replay.
+                # A clean end; an EventSource reconnects and resumes after its last event.
                 yield b": stream lifetime reached, reconnect\n\n"
                 return
             ended = False
             with trio.move_on_at(min(trio.current_time() + keepalive_secs, deadline)) as idle:
                 try:
-                    chunk = await live.receive()
+                    index, chunk = await live.receive()
                 except trio.EndOfChannel:
                     ended = True
             if ended:
@@ -515,7 +542,7 @@ async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
                 if trio.current_time() < deadline:
                     yield b": keep-alive\n\n"
             else:
-                yield _sse_event(chunk)
+                yield _sse_event(index, chunk)
 
 
 class _StreamSlots:

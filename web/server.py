@@ -192,17 +192,27 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 
 
 async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
-    """N `wfg worker` processes beside the server; they stop with it."""
+    """N `wfg worker` processes beside the server; they stop with it, even if it is killed.
+
+    Each worker's stdin is a pipe whose only write end this process holds: the kernel
+    closes it however we end, and `--watch-stdin` makes the workers stop then.
+    """
     procs = []
     env = {**os.environ, "SERVER_URL": url}
-    for i in range(count):
-        procs.append(
-            await trio.lowlevel.open_process(
-                [sys.executable, "-m", "wfg", "worker", "--server", url, "--id", f"local-{i + 1}"],
-                env=env,
-                start_new_session=True,  # our Ctrl-C goes to us; we stop them in order
+    lifeline, held = os.pipe()
+    try:
+        for i in range(count):
+            procs.append(
+                await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "wfg", "worker", "--server", url]
+                    + ["--id", f"local-{i + 1}", "--watch-stdin"],
+                    stdin=lifeline,
+                    env=env,
+                    start_new_session=True,  # our Ctrl-C goes to us; we stop them in order
+                )
             )
-        )
+    finally:
+        os.close(lifeline)
     try:
         await stop.wait()
     finally:
@@ -217,6 +227,7 @@ async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+            os.close(held)
 
 
 def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = None) -> Config:

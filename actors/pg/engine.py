@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 from .. import groups
 from ..errors import Conflict, LeaseNotActive, NotFound
 from ..limits import stamp_chunks
-from ..logs import stored_log
+from ..logs import Indexed, stored_log
 from ..models import (
     TERMINAL_STATUSES,
     Claim,
@@ -663,14 +663,14 @@ class Engine:
         # The lease row is locked: pushes for one job commit in the order of their ids,
         # so a follower reading past the last id it saw misses none.
         row = tx.one(
-            "SELECT workflow_id, number, job_id, worker_id, wfg_now_ms() FROM leases "
+            "SELECT workflow_id, number, job_id, worker_id, attempt, wfg_now_ms() FROM leases "
             "WHERE lease_id = %s AND deadline_ms > wfg_now_ms() FOR UPDATE",
             (lease_id,),
         )
         if row is None:
             raise LeaseNotActive(lease_id)
-        workflow_id, number, job_id, worker_id, now = row
-        stored = stamp_chunks(workflow_id, job_id, chunks, now)
+        workflow_id, number, job_id, worker_id, attempt, now = row
+        stored = stamp_chunks(workflow_id, job_id, chunks, now, attempt)
         tx.many(
             "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
             [(workflow_id, number, job_id, c.model_dump_json()) for c in stored],
@@ -854,25 +854,34 @@ class Engine:
             raise NotFound(f"worker '{worker_id}' is not registered")
         return self.worker_info(tx, "WHERE w.worker_id = %s", (worker_id,))[0]
 
-    def read_log(self, tx: Tx, key: tuple[str, int, str], max_bytes: int) -> list[LogChunk]:
+    def read_log(
+        self, tx: Tx, key: tuple[str, int, str], max_bytes: int, after: int = -1
+    ) -> tuple[list[Indexed], int, int]:
+        """The job's log as kept (each chunk with its index in the run, after index
+        `after`), the id of its last row and how many chunks it has."""
         rows = tx.all(
-            "SELECT chunk FROM logs WHERE workflow_id = %s AND number = %s AND job_id = %s "
+            "SELECT id, chunk FROM logs WHERE workflow_id = %s AND number = %s AND job_id = %s "
             "ORDER BY id",
             key,
         )
-        return stored_log([LogChunk.model_validate_json(c) for (c,) in rows], max_bytes)
+        chunks = [LogChunk.model_validate_json(c) for _, c in rows]
+        last = rows[-1][0] if rows else 0
+        return stored_log(chunks, max_bytes, after), last, len(rows)
+
+    def job_ended(self, tx: Tx, key: tuple[str, int, str]) -> bool:
+        row = tx.one(
+            "SELECT state->>'status' FROM jobs WHERE workflow_id = %s AND number = %s "
+            "AND job_id = %s",
+            key,
+        )
+        return row is None or JobStatus(row[0]) in TERMINAL_STATUSES
 
     def follow_log(
         self, tx: Tx, key: tuple[str, int, str], after: int
     ) -> tuple[list[LogChunk], int, bool]:
         """Chunks after id `after`, the last id, and whether the job has ended. The end is
         read first: every chunk pushed before it is then visible to the second read."""
-        row = tx.one(
-            "SELECT state->>'status' FROM jobs WHERE workflow_id = %s AND number = %s "
-            "AND job_id = %s",
-            key,
-        )
-        ended = row is None or JobStatus(row[0]) in TERMINAL_STATUSES
+        ended = self.job_ended(tx, key)
         rows = tx.all(
             "SELECT id, chunk FROM logs WHERE workflow_id = %s AND number = %s AND job_id = %s "
             "AND id > %s ORDER BY id",

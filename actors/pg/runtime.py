@@ -29,7 +29,7 @@ import trio
 
 from ..errors import NotFound, Unavailable
 from ..limits import Limits
-from ..logs import Subscription, stream
+from ..logs import Indexed, Subscription, stream
 from ..models import (
     Claim,
     JobStatus,
@@ -164,8 +164,13 @@ class PgRuntime:
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
         self.limits.check_create(body)
         spec = spec_from_create(str(uuid.uuid4()), body)
+        self.check_definition(spec)
         await self._db.run(self._engine.create_workflow, spec, self.limits.check_room)
         return spec.as_workflow()
+
+    def check_definition(self, spec: WorkflowSpec) -> None:
+        """The limits a definition must keep (see `Limits.check_definition`)."""
+        self.limits.check_definition(spec)
 
     async def list_workflows(
         self, limit: int = 100, offset: int = 0, status: JobStatus | None = None
@@ -440,49 +445,49 @@ class PgRuntime:
             found = self._log_target(tx, workflow_id, job_id, number)
             if found == 0:
                 return []
-            return self._engine.read_log(tx, (workflow_id, found, job_id), max_bytes)
+            kept = self._engine.read_log(tx, (workflow_id, found, job_id), max_bytes)[0]
+            return [chunk for _, chunk in kept]
 
         return await self._db.run(read)
 
     async def subscribe_logs(
-        self, workflow_id: str, job_id: str, number: int | None = None
+        self, workflow_id: str, job_id: str, number: int | None = None, after: int = -1
     ) -> Subscription:
-        """Replay plus a live channel that closes after the job's last chunk, wherever
-        the chunks were pushed and the job ended."""
+        """Replay (of the chunks indexed after `after`) plus a live channel that closes
+        after the job's last chunk, wherever the chunks were pushed and the job ended;
+        both give each chunk with its index in the run."""
         max_bytes = self.limits.max_log_bytes_per_job
         waiter = _Waiter()
 
-        def replay(tx: Tx) -> tuple[int, list[LogChunk], int, bool]:
+        def replay(tx: Tx) -> tuple[int, list[Indexed], int, int, bool]:
             found = self._log_target(tx, workflow_id, job_id, number)
             if found == 0:
-                return 0, [], 0, False
+                return 0, [], 0, 0, False
             key = (workflow_id, found, job_id)
-            (last,) = tx.one(
-                "SELECT coalesce(max(id), 0) FROM logs WHERE workflow_id = %s AND number = %s "
-                "AND job_id = %s",
-                key,
-            )
-            ended = self._engine.follow_log(tx, key, last)[2]
-            return found, self._engine.read_log(tx, key, max_bytes), last, ended
+            ended = self._engine.job_ended(tx, key)  # first, as in `follow_log`
+            kept, last, count = self._engine.read_log(tx, key, max_bytes, after)
+            return found, kept, last, count, ended
 
-        found, chunks, last, ended = await self._db.run(replay)
-        send, receive = trio.open_memory_channel[LogChunk](math.inf)
+        found, kept, last, count, ended = await self._db.run(replay)
+        send, receive = trio.open_memory_channel[Indexed](math.inf)
         if ended:
             send.close()
         else:
             key = (workflow_id, found, job_id)
             self._wake.watch_log(key, waiter)
-            self._nursery.start_soon(self._follow, key, last, send, waiter)
-        return Subscription(replay=chunks, live=receive)
+            self._nursery.start_soon(self._follow, key, last, count, send, waiter)
+        return Subscription(replay=kept, live=receive)
 
     async def _follow(
         self,
         key: tuple[str, int, str],
         after: int,
-        send: trio.MemorySendChannel[LogChunk],
+        index: int,
+        send: trio.MemorySendChannel[Indexed],
         waiter: _Waiter,
     ) -> None:
-        """Feed one subscriber until the job ends or the subscriber goes away."""
+        """Feed one subscriber the chunks after row id `after` (the first of them has
+        index `index` in the run) until the job ends or the subscriber goes away."""
         workflow_id, number, job_id = key
         try:
             with send:
@@ -504,7 +509,8 @@ class PgRuntime:
                     except Unavailable:
                         chunks, ended = [], False  # the database is away: look again later
                     for chunk in chunks:
-                        send.send_nowait(chunk)
+                        send.send_nowait((index, chunk))
+                        index += 1
                     if ended:
                         return
                     with trio.move_on_after(POLL_FLOOR_SECS):
