@@ -116,8 +116,8 @@ def _throughput(outcome: Outcome, label: str, servers: list, jobs: int) -> float
     cpu_before = [_cpu_secs(s.pid) for s in servers]
     rate, count = _cycles([s.url for s in servers], jobs)
     cpu = sum(_cpu_secs(s.pid) - before for s, before in zip(servers, cpu_before, strict=True))
-    outcome.figure(f"{label}: claim+complete cycles/s", rate, "/s")
-    outcome.figure(f"{label}: server CPU-seconds per 1 000 jobs", cpu / count * 1000, "s")
+    outcome.figure(f"{label}, claim+complete cycles/s", rate, "/s")
+    outcome.figure(f"{label}, server CPU-seconds per 1 000 jobs", cpu / count * 1000, "s")
     return rate
 
 
