@@ -212,8 +212,13 @@ class Database:
             except psycopg.OperationalError as exc:
                 # Lost before the commit was sent: nothing happened; try a fresh connection.
                 if committing or attempt == RETRIES - 1 or not _connection_lost(exc):
-                    log.warning("database error: %s", exc)
+                    log.warning("database error: %s", " ".join(str(exc).split()))
                     raise Unavailable(UNAVAILABLE) from None
+                # The database may have restarted: drop every idle connection it broke.
+                try:
+                    self._pool.check()
+                except psycopg.Error:
+                    pass
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
