@@ -11,7 +11,8 @@ import pytest
 import trio
 from homes import make_home
 
-from actors.pg.db import Tx
+from actors import LeaseNotActive
+from actors.pg.db import Stale, Tx
 from actors.pg.engine import Engine
 from actors.pg.schema import SCHEMA_VERSION, SchemaError, migrate
 from actors.spec import spec_from_create
@@ -83,3 +84,52 @@ def test_wfg_migrate_then_serve_refuses_an_unreachable_database_in_one_line(home
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("workflow-graph: cannot use the database")
+
+
+async def test_a_claim_takes_a_ready_job_while_its_run_is_being_changed(home):
+    """A run transaction holds its run's lock but not its jobs' rows: claims go on."""
+    async with home.open() as rt:
+        rt.add_workflow(flat("w", 3))
+        await rt.run_workflow("w")
+        await rt.claim("w1", [])
+
+        def hold_the_run() -> psycopg.Connection:
+            conn = psycopg.connect(home.database_url)
+            Engine("unused", 1).locked(Tx(conn), "w", 1)  # as a run transaction does
+            return conn
+
+        conn = await trio.to_thread.run_sync(hold_the_run)
+        try:
+            second = await rt.claim("w2", [])
+            assert second is not None and second.job.job_id == "j1"
+        finally:
+            conn.rollback()
+            conn.close()
+
+
+async def test_a_run_transaction_that_read_a_job_since_claimed_is_done_again(home):
+    async with home.open() as rt:
+        rt.add_workflow(flat("w", 2))
+        await rt.run_workflow("w")
+
+        def cancel_around_a_claim() -> str:
+            engine = Engine("unused", 1)
+            with psycopg.connect(home.database_url) as conn:
+                tx = Tx(conn)
+                loaded = engine.locked(tx, "w", 1)
+                assert loaded is not None
+                fx = engine.transition(tx, loaded).cancel()  # j0 and j1 read as queued
+                with psycopg.connect(home.database_url) as other, other.transaction():
+                    got = engine.claim(Tx(other), "w2", [], 30, True)
+                    assert got is not None
+                with pytest.raises(Stale):
+                    engine.write(tx, loaded, fx)
+                conn.rollback()
+                return got[0].lease.lease_id
+
+        lease_id = await trio.to_thread.run_sync(cancel_around_a_claim)
+        await rt.cancel_workflow("w")  # done again, it sees the claim: the lease is revoked
+        with pytest.raises(LeaseNotActive):
+            await rt.heartbeat(lease_id)
+        status = await rt.get_status("w")
+        assert {j.id: j.status.value for j in status.jobs} == {"j0": "cancelled", "j1": "cancelled"}

@@ -68,7 +68,6 @@ UPSERT_WORKER = (
     "ttl_secs = excluded.ttl_secs"
 )
 DUTY_BATCH = 200
-NEVER_MS = 2**62
 
 
 def label_key(labels) -> str:
