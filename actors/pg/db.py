@@ -53,13 +53,14 @@ class Stale(Exception):
 class Tx:
     """One open transaction: the cursor, the transaction's instant, its notifications."""
 
-    __slots__ = ("conn", "cur", "_now", "notes")
+    __slots__ = ("conn", "cur", "_now", "notes", "_last")
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.cur = conn.cursor()
         self._now: int | None = None
         self.notes: dict[str, None] = {}  # ordered, each sent once per transaction
+        self._last: list[tuple[str, tuple[Any, ...]]] = []
 
     @property
     def now(self) -> int:
@@ -89,6 +90,21 @@ class Tx:
             return 0
         self.cur.executemany(sql, params)
         return self.cur.rowcount
+
+    def last(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run the data-changing `sql` at the end of the transaction, in one statement with
+        the others so deferred and the notifications: for writes nothing later reads."""
+        self._last.append((sql, params))
+
+    def finish(self, channel: str) -> None:
+        """The deferred writes and the notifications, as one statement."""
+        if not self._last and not self.notes:
+            return
+        parts = [f"w{i} AS ({sql})" for i, (sql, _) in enumerate(self._last)]
+        params: list[Any] = [p for _, group in self._last for p in group]
+        notify = "SELECT count(pg_notify(%s, n)) FROM unnest(%s::text[]) AS n"
+        params += [channel, list(self.notes)]
+        self.exec(("WITH " + ", ".join(parts) + " " if parts else "") + notify, params)
 
     def notify(self, *payload: Any) -> None:
         """Send `payload` (JSON) on the engine's channel when the transaction commits."""
@@ -196,11 +212,7 @@ class Database:
                     with contextlib.nullcontext() if single else conn.transaction():
                         tx = Tx(conn)
                         result = fn(tx, *args)
-                        if tx.notes:
-                            tx.exec(
-                                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) AS n",
-                                (self.channel, list(tx.notes)),
-                            )
+                        tx.finish(self.channel)
                         committing = True
                     return result, list(tx.notes)
             except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, Stale):

@@ -278,7 +278,7 @@ class Engine:
             self.write_run(tx, state)
         ended_leases = fx.released + fx.revoked
         if ended_leases:
-            tx.exec("DELETE FROM leases WHERE lease_id = ANY(%s)", (ended_leases,))
+            tx.last("DELETE FROM leases WHERE lease_id = ANY(%s)", (ended_leases,))
         for job_id, final in fx.attempt_ended:
             if final:
                 tx.notify("e", wf, number, job_id)
@@ -656,7 +656,7 @@ class Engine:
         loaded = Loaded(seq, digest, state, self.plan(self.spec(tx, digest), digest, state))
         self.load_jobs(tx, loaded)
         self.apply(tx, loaded, lambda step: event(step, job_id, lease_id))
-        tx.exec("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
+        tx.last("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
 
     def push_logs(self, tx: Tx, lease_id: str, chunks: list[LogChunkIn]) -> None:
         # The lease row is locked: pushes for one job commit in the order of their ids,
@@ -674,7 +674,7 @@ class Engine:
             "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
             [(workflow_id, number, job_id, c.model_dump_json()) for c in stored],
         )
-        tx.exec("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
+        tx.last("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
         if stored:
             tx.notify("l", workflow_id, number, job_id)
 
