@@ -88,6 +88,8 @@ class Tx:
         """Run `sql` once per parameter set; the rows it changed in all."""
         if not params:
             return 0
+        if len(params) == 1:  # the common case, without executemany's pipeline
+            return self.exec(sql, params[0])
         self.cur.executemany(sql, params)
         return self.cur.rowcount
 
