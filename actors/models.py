@@ -17,8 +17,14 @@ from pydantic import (
     model_serializer,
 )
 
-# Ids travel in URLs and shell environments; keep them to a safe alphabet.
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Ids travel in URLs and shell environments; keep them to a safe alphabet, 1 to 128
+# characters, and not `.` or `..`, which a URL path cannot carry as a segment. Written
+# without look-ahead, which pydantic's default (Rust) regex engine does not support.
+ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"  # not starting with a dot
+    r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}"  # one dot, then not a dot
+    r"|\.\.[A-Za-z0-9._-]{1,126})$"  # two dots, then anything
+)
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 

@@ -63,8 +63,9 @@ SSE_KEEPALIVE_SECS = 15.0
 MAX_LIST_LIMIT = 1000
 
 
-# What `_list_query` accepts: up to 18 digits, no sign.
-QueryNumber = Annotated[int, Field(ge=0, le=10**18 - 1)]
+# What `_list_query` passes on: digits, no sign; longer numbers are read as this bound.
+MAX_QUERY_NUMBER = 10**18 - 1
+QueryNumber = Annotated[int, Field(ge=0, le=MAX_QUERY_NUMBER)]
 
 
 class ListQuery(BaseModel):
@@ -149,9 +150,11 @@ def _list_query() -> ListQuery:
         raw = args.get(name)
         if raw is None or raw == "":
             return default
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()):
             raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
-        return int(raw)
+        # Any count past the bound means "as many as there are", not an error.
+        digits = raw.lstrip("0")
+        return MAX_QUERY_NUMBER if len(digits) > 18 else int(raw)
 
     status = args.get("status")
     if status is not None and status not in JobStatus.__members__:

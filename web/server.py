@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Limits, open_runtime
+from actors.spec import DEFAULT_MAX_NAME_CHARS, MAX_NAME_CHARS
 from actors.store import StoreError
 
 from .app import (
@@ -93,6 +94,7 @@ class ServerSettings:
     max_wait_secs: float = Limits.max_wait_secs
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS
+    max_name_chars: int = DEFAULT_MAX_NAME_CHARS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -127,6 +129,7 @@ class ServerSettings:
             max_wait_secs=_max_wait_secs(env),
             max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
             sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
+            max_name_chars=_number(env, "MAX_NAME_CHARS", DEFAULT_MAX_NAME_CHARS, int, 1),
         )
 
     def limits(self) -> Limits:
@@ -236,6 +239,8 @@ async def _main(settings: ServerSettings) -> None:
     say = lambda line: print(line, flush=True)  # noqa: E731
     # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
     sock = bind_socket(settings.host, settings.port)
+    # Read by every definition check in this run: files loaded below and API creates.
+    MAX_NAME_CHARS.set(settings.max_name_chars)
     async with open_runtime(
         settings.workflows_dir,
         api_only=settings.api_only,
