@@ -1,5 +1,5 @@
 """The HTTP layer against a hostile browser and odd clients: Host, Origin, content
-type, connections after an early answer, ids, names and paging.
+type, connections after an early answer, status lines, ids, names and paging.
 
 In-process through the app's ASGI entry (the gate, the fast path, Quart), like
 `test_http_api.py`; what is about sockets and header bytes runs against a real
@@ -498,6 +498,31 @@ def test_after_the_gate_refuses_a_body_the_connection_answers_or_closes(
     )
     assert status.split(b" ")[1] == expected, status
     assert then in ("answered", "closed")
+
+
+def test_status_lines_carry_the_standard_reason_phrase(live_server):
+    host = live_server.url.removeprefix("http://")
+    with _connect(live_server.url) as sock:
+
+        def status_line(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
+            sock.sendall(_request(method, path, host, body, **headers))
+            line, _, answer = _read_answer(sock)
+            return line, answer
+
+        as_json = {"Content_Type": "application/json"}
+        line, answer = status_line(
+            "POST", "/api/workflows", json.dumps(WORKFLOW).encode(), **as_json
+        )
+        assert line == b"HTTP/1.1 201 Created"
+        wf = json.loads(answer)["id"]
+        assert status_line("GET", "/api/workers")[0] == b"HTTP/1.1 200 OK"
+        assert status_line("POST", f"/api/workflows/{wf}/run")[0] == b"HTTP/1.1 202 Accepted"
+        assert status_line("POST", f"/api/workflows/{wf}/run")[0] == b"HTTP/1.1 409 Conflict"
+        assert status_line("GET", "/api/workflows/nope/status")[0] == b"HTTP/1.1 404 Not Found"
+        assert status_line("POST", "/api/jobs/nope/heartbeat")[0] == b"HTTP/1.1 409 Conflict"
+        assert status_line("POST", "/api/jobs/claim", b"{}", Content_Type="text/plain")[0] == (
+            b"HTTP/1.1 415 Unsupported Media Type"
+        )
 
 
 def test_a_rebinding_page_and_a_foreign_origin_change_nothing_on_a_real_server(

@@ -22,6 +22,7 @@ from actors import Limits, open_runtime
 from actors.spec import DEFAULT_MAX_NAME_CHARS, MAX_NAME_CHARS
 from actors.store import StoreError
 
+from . import reasons
 from .app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_SSE_STREAMS,
@@ -317,6 +318,7 @@ async def _main(settings: ServerSettings) -> None:
 def serve(settings: ServerSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    reasons.install()
     try:
         trio.run(_main, settings)
     except (SettingsError, StoreError) as exc:
