@@ -22,14 +22,14 @@ def cors_headers(response) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("origins", [None, ["https://a.example"]])
+@pytest.mark.parametrize("origins", [None, ["https://a.example"], ["*"]])
 @pytest.mark.parametrize(
     "origin", ["https://a.example", "https://b.example", "http://localhost:5173", None]
 )
 async def test_cors_headers_match_the_quart_routes(origins, origin):
     """Answered or refused by the gate (an Origin may not change anything), same headers."""
     headers = {"Origin": origin} if origin else {}
-    allowed = origin is None or origin in (origins or ["http://localhost:5173"])
+    allowed = origins == ["*"] or origin in [None, *(origins or ["http://localhost:5173"])]
     async with open_runtime() as rt:
         app = create_app(rt, cors_origins=origins)
         async with app.test_app() as test_app:

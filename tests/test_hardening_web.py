@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 from test_http_api import Api, assert_error, job, serve
 from test_security import snapshot
 
@@ -23,6 +24,7 @@ from actors import open_runtime
 from actors.definitions import load_workflows_dir
 from actors.models import WorkflowCreate
 from actors.spec import MAX_NAME_CHARS
+from web.app import create_app
 from web.gate import HostPolicy, OriginPolicy, is_json
 from web.server import ServerSettings
 
@@ -276,6 +278,49 @@ def test_allowed_hosts_setting_and_the_machines_names():
     assert names[:3] == ["a.example", "b.example:8080", "127.0.0.1"]
     assert socket.gethostname().lower() in names
     assert ServerSettings.from_env({}).allowed_hosts == ()
+    # The bound address as a URL names it (`wfg serve` prints http://0.0.0.0:3000).
+    assert ServerSettings(host="0.0.0.0").host_names()[0] == "0.0.0.0"
+    assert ServerSettings(host="::").host_names()[0] == "[::]"
+
+
+async def _asgi_status(app, headers: list[tuple[bytes, bytes]]) -> int:
+    """One GET /api/workers straight through the app's ASGI entry."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "http_version": "2",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/workers",
+        "raw_path": b"/api/workers",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 3000),
+        "asgi": {"version": "3.0"},
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"]
+
+
+async def test_an_http2_authority_is_checked_like_a_host():
+    """HTTP/2 sends `:authority` instead of `Host`; the gate reads either."""
+    async with open_runtime() as rt:
+        app = create_app(rt)
+        async with app.test_app():
+            assert await _asgi_status(app, [(b":authority", b"evil.example")]) == 400
+            assert await _asgi_status(app, [(b":authority", b"localhost:3000")]) == 200
 
 
 async def test_openapi_documents_the_gates_answers():
@@ -504,7 +549,7 @@ def test_status_lines_carry_the_standard_reason_phrase(live_server):
     host = live_server.url.removeprefix("http://")
     with _connect(live_server.url) as sock:
 
-        def status_line(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
+        def status_line(method: str, path: str, body: bytes = b"", **headers: str):
             sock.sendall(_request(method, path, host, body, **headers))
             line, _, answer = _read_answer(sock)
             return line, answer

@@ -158,7 +158,8 @@ class SimpleCors:
     """
 
     def __init__(self, cors_origins: Iterable[str] | None) -> None:
-        self._origins = frozenset(cors_origins) if cors_origins else None
+        origins = frozenset(cors_origins or ())
+        self._origins = origins if origins and "*" not in origins else None
 
     def headers(self, origin: bytes | None) -> Headers:
         if self._origins is None:
@@ -195,7 +196,7 @@ class RequestGate:
         if scope["type"] != "http":
             return await self._app(scope, receive, send)
         headers = dict(scope["headers"])
-        host = headers.get(b"host")
+        host = headers.get(b"host") or headers.get(b":authority")  # HTTP/2 has no Host
         origin = headers.get(b"origin")
         content_type = headers.get(b"content-type")
         body = has_body(headers)

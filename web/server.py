@@ -156,7 +156,8 @@ class ServerSettings:
         """The `Host` names the server answers to besides loopback and the address
         a client connects to: `ALLOWED_HOSTS`, `HOST`, and this machine's names,
         which workers elsewhere use (`http://build-host:3000`)."""
-        names = [*self.allowed_hosts, self.host, *_machine_names()]
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as in a URL
+        names = [*self.allowed_hosts, host, *_machine_names()]
         return list(dict.fromkeys(n for n in names if n))
 
     def limits(self) -> Limits:
