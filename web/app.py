@@ -437,7 +437,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
         cors=simple_cors,
     )
-    app.asgi_app = RequestGate(
+    app.asgi_app = RequestGate(  # type: ignore[method-assign]
         fast_path,
         hosts=HostPolicy(allowed_hosts or ()),
         origins=OriginPolicy(cors_origins),

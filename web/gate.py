@@ -211,8 +211,8 @@ class RequestGate:
                 status, message = refusal
                 if body:
                     send = UnreadBody(receive, send).send
-                headers = self._cors.headers(origin)
-                return await send_json(send, status, error_body(message), headers)
+                cors = self._cors.headers(origin)
+                return await send_json(send, status, error_body(message), cors)
         await self._app(scope, receive, send)
 
     def _refusal(self, scope, host, origin, content_type, has_body) -> tuple[int, str] | None:
