@@ -201,7 +201,7 @@ def _list_query() -> ListQuery:
             raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
         # Any count past the bound means "as many as there are", not an error.
         digits = raw.lstrip("0")
-        return MAX_QUERY_NUMBER if len(digits) > 18 else int(raw)
+        return MAX_QUERY_NUMBER if len(digits) > 18 else int(digits or "0")
 
     status = args.get("status")
     if status is not None and status not in JobStatus.__members__:
