@@ -1,8 +1,10 @@
 """The HTTP layer: Quart-Trio routes that turn requests into runtime calls.
 
-Nothing here keeps state. A request body is read and checked in the
-contract's order (too large 413, malformed 400, invalid 422) before any id is
-looked up (404) or any lease touched (409), so a bad request changes nothing.
+Nothing here keeps state. Every request first passes `gate.RequestGate`
+(Host 400, Origin 403, content type 415), then its token (401); a body is
+read and checked in the contract's order (too large 413, malformed 400,
+invalid 422) before any id is looked up (404) or any lease touched (409), so
+a bad request changes nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ from actors.spec import DefinitionError
 from . import protocol
 from .auth import TokenGuard, install_auth
 from .fastpath import ProtocolFastPath
+from .gate import (
+    SAFE_METHODS,
+    DrainUnreadBodies,
+    HostPolicy,
+    OriginPolicy,
+    RequestGate,
+    SimpleCors,
+)
 from .wire import BadRequest, M, body_too_large, dump, error_answer, parse_body
 
 log = logging.getLogger("workflow_graph.web")
@@ -72,8 +82,9 @@ DEFAULT_RUNS_LIMIT = 20
 SSE_END_GRACE_SECS = 1.0
 
 
-# What `_list_query` accepts: up to 18 digits, no sign.
-QueryNumber = Annotated[int, Field(ge=0, le=10**18 - 1)]
+# What `_list_query` passes on: digits, no sign; longer numbers are read as this bound.
+MAX_QUERY_NUMBER = 10**18 - 1
+QueryNumber = Annotated[int, Field(ge=0, le=MAX_QUERY_NUMBER)]
 
 
 class ListQuery(BaseModel):
@@ -110,11 +121,48 @@ class EventStream(RootModel[str]):
     """Server-Sent Events: `event: log` blocks, each a LogChunk as JSON, and comments."""
 
 
+# What each error status means, on every route that documents it.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON or query parameter, or a Host this server does not answer to",
+    401: "Missing or wrong bearer token",
+    403: "A state-changing request from an Origin that is not allowed",
+    404: "Unknown workflow, job or worker",
+    409: "The lease is not active, or the workflow is already running",
+    413: "Request body over MAX_BODY_BYTES",
+    415: "A request body that is not JSON (Content-Type: application/json)",
+    422: "A body that parses but is invalid, or past a limit",
+    429: "Too many open log streams (MAX_SSE_STREAMS)",
+}
+# The gate's answers (see web.gate): on every route, and on state-changing ones.
+GATE_ERRORS = (400,)
+UNSAFE_GATE_ERRORS = (403, 415)
+
+
 class _Provider(OpenAPIProvider):
     """Documents `EventStream` answers as `text/event-stream`, the rest as JSON.
 
-    Request bodies are documented as required, except `complete`'s, which may be empty.
+    Request bodies are documented as required, except `complete`'s, which may be
+    empty. Every route also documents the gate's refusals (`GATE_ERRORS`), which
+    no route decorator needs to repeat.
     """
+
+    def build_paths(self, rule):
+        paths, components = super().build_paths(rule)
+        error_object, error_components = self.build_response_object(ErrorBody, None)
+        components.update(error_components)
+        for operations in paths.values():
+            for method, operation in operations.items():
+                responses = dict(operation["responses"])
+                statuses = GATE_ERRORS
+                if method.upper() not in SAFE_METHODS:
+                    statuses += UNSAFE_GATE_ERRORS
+                for status in statuses:
+                    responses.setdefault(status, error_object)
+                for status, response in list(responses.items()):
+                    if status in ERROR_DESCRIPTIONS:
+                        responses[status] = {**response, "description": ERROR_DESCRIPTIONS[status]}
+                operation["responses"] = dict(sorted(responses.items()))
+        return paths, components
 
     def build_request_body(self, model, source):
         body, definitions = super().build_request_body(model, source)
@@ -167,9 +215,11 @@ def _query_number(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
-    return int(raw)
+    # Any count past the bound means "as many as there are", not an error.
+    digits = raw.lstrip("0")
+    return MAX_QUERY_NUMBER if len(digits) > 18 else int(digits or "0")
 
 
 def _runs_query() -> RunsQuery:
@@ -206,6 +256,7 @@ def create_app(
     runtime: Runtime,
     *,
     cors_origins: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     sse_keepalive_secs: float = SSE_KEEPALIVE_SECS,
     api_token: str | None = None,
@@ -215,6 +266,9 @@ def create_app(
 ) -> QuartTrio:
     """The QuartTrio app serving the REST API over `runtime`.
 
+    `allowed_hosts` adds `Host` names to the loopback ones and the address
+    a client connects to (`*`: any); `cors_origins` is the allow-list for
+    browsers, for reads and, with Origin, for changes (see `web.gate`).
     Tokens left None leave their routes open (see `web.auth`). At most
     `max_sse_streams` log streams are open at once (429 past it), and each
     ends after `sse_max_secs`; an EventSource client reconnects.
@@ -487,12 +541,19 @@ def create_app(
     from .dashboard import register_dashboard
 
     register_dashboard(app, runtime)
-    app.asgi_app = ProtocolFastPath(
-        app.asgi_app,
+    simple_cors = SimpleCors(cors_origins)
+    fast_path = ProtocolFastPath(
+        DrainUnreadBodies(app.asgi_app),
         runtime,
         guard,
         max_body_bytes=max_body_bytes,
-        cors_origins=cors_origins,
+        cors=simple_cors,
+    )
+    app.asgi_app = RequestGate(  # type: ignore[method-assign]
+        fast_path,
+        hosts=HostPolicy(allowed_hosts or ()),
+        origins=OriginPolicy(cors_origins),
+        cors=simple_cors,
     )
     return app
 

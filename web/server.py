@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -21,8 +22,10 @@ from actors import Limits, open_runtime
 from actors.pg.runtime import describe_url, open_database
 from actors.pg.schema import SCHEMA_VERSION
 from actors.runtime import DEFAULT_RETAIN_RUNS
+from actors.spec import DEFAULT_MAX_NAME_CHARS, MAX_NAME_CHARS
 from actors.store import StoreError
 
+from . import reasons
 from .app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_SSE_STREAMS,
@@ -30,6 +33,7 @@ from .app import (
     SSE_KEEPALIVE_SECS,
     create_app,
 )
+from .gate import HostPolicy
 
 log = logging.getLogger("workflow_graph")
 
@@ -64,6 +68,21 @@ def _number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
     return value
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@functools.cache
+def _machine_names() -> tuple[str, ...]:
+    """This machine's host name and fully qualified name (one DNS lookup, at start)."""
+    names = [socket.gethostname()]
+    try:
+        names.append(socket.getfqdn())
+    except OSError:
+        pass
+    return tuple(n.lower() for n in names if n and n != "localhost")
+
+
 def _max_wait_secs(env: Mapping[str, str]) -> float:
     value = _number(env, "MAX_WAIT_SECS", Limits.max_wait_secs, float, 1)
     if value > 60:
@@ -82,6 +101,7 @@ class ServerSettings:
     retain_runs: int = DEFAULT_RETAIN_RUNS
     api_only: bool = False
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     reap_interval_secs: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     local_workers: int = 0
@@ -96,12 +116,13 @@ class ServerSettings:
     max_wait_secs: float = Limits.max_wait_secs
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS
+    max_name_chars: int = DEFAULT_MAX_NAME_CHARS
     # PostgreSQL shared by every node; None: the embedded engine (SQLite in DATA_DIR).
     database_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
-        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        origins = _list(env, "CORS_ORIGINS")
         port = _number(env, "PORT", 3000)
         if port > 65535:
             raise SettingsError(f"PORT must be at most 65535, got {port}")
@@ -113,6 +134,7 @@ class ServerSettings:
             retain_runs=_number(env, "RETAIN_RUNS", DEFAULT_RETAIN_RUNS, int, 1),
             api_only=_flag(env.get("API_ONLY")),
             cors_origins=origins,
+            allowed_hosts=_list(env, "ALLOWED_HOSTS"),
             reap_interval_secs=_number(env, "REAP_INTERVAL_SECS", 5.0, float, 0.01),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024),
             local_workers=_number(env, "LOCAL_WORKERS", 0),
@@ -132,8 +154,17 @@ class ServerSettings:
             max_wait_secs=_max_wait_secs(env),
             max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
             sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
+            max_name_chars=_number(env, "MAX_NAME_CHARS", DEFAULT_MAX_NAME_CHARS, int, 1),
             database_url=env.get("DATABASE_URL", "").strip() or None,
         )
+
+    def host_names(self) -> list[str]:
+        """The `Host` names the server answers to besides loopback and the address
+        a client connects to: `ALLOWED_HOSTS`, `HOST`, and this machine's names,
+        which workers elsewhere use (`http://build-host:3000`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as in a URL
+        names = [*self.allowed_hosts, host, *_machine_names()]
+        return list(dict.fromkeys(n for n in names if n))
 
     def limits(self) -> Limits:
         """The runtime's share of the limits."""
@@ -253,6 +284,9 @@ async def _main(settings: ServerSettings) -> None:
     say = lambda line: print(line, flush=True)  # noqa: E731
     # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
     sock = bind_socket(settings.host, settings.port)
+    # Read by every definition check in this run: files loaded below and API creates.
+    MAX_NAME_CHARS.set(settings.max_name_chars)
+    host_names = settings.host_names()
     async with open_runtime(
         settings.workflows_dir,
         api_only=settings.api_only,
@@ -267,6 +301,7 @@ async def _main(settings: ServerSettings) -> None:
         app = create_app(
             runtime,
             cors_origins=list(settings.cors_origins) or None,
+            allowed_hosts=host_names,
             max_body_bytes=settings.max_body_bytes,
             api_token=settings.api_token,
             worker_token=settings.worker_token,
@@ -287,6 +322,9 @@ async def _main(settings: ServerSettings) -> None:
                 say("workflow-graph: state is kept in memory only (DATA_DIR=:memory:)")
             else:
                 say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
+        say(f"workflow-graph: answers to Host {HostPolicy(host_names).describe()}")
+        if "*" in settings.cors_origins and not settings.api_token:
+            say("workflow-graph: CORS_ORIGINS=* without API_TOKEN: any web page can run jobs here")
         say(f"workflow-graph listening on {url}")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -377,6 +415,7 @@ def migrate(settings: ServerSettings) -> int:
 def serve(settings: ServerSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    reasons.install()
     try:
         trio.run(_main, settings)
     except (SettingsError, StoreError) as exc:
