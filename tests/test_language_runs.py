@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from homes import HOMES, Home, make_home
 from test_http_api import assert_object
 from test_runs import RunsApi, by_id, serve_runs
 
@@ -28,9 +29,14 @@ async def drive(api: RunsApi, fail: set[str] = frozenset(), outputs=None) -> lis
     return await api.finish_all(fail=set(fail), outputs=outputs)
 
 
+@pytest.fixture(params=HOMES)
+def home(request):
+    yield from make_home(request, request.param)
+
+
 @pytest.fixture
-async def api():
-    async with serve_runs() as a:
+async def api(home: Home):
+    async with serve_runs(home) as a:
         yield a
 
 
@@ -271,14 +277,14 @@ async def test_max_parallel_is_never_exceeded_under_concurrent_claimers(
     assert (await api.run_record(wf, 1))["status"] == "success"
 
 
-async def test_matrix_and_conditions_survive_a_restart(tmp_path: Path):
+async def test_matrix_and_conditions_survive_a_restart(home: Home, tmp_path: Path):
     data = tmp_path / "data"
-    async with serve_runs(data_dir=data) as api:
+    async with serve_runs(home, data_dir=data) as api:
         wf = await create(api, MATRIX)
         await api.start(wf)
         held = await api.claim_job(labels=["linux"])
         await api.finish(await api.claim_job(labels=["arm"]))
-    async with serve_runs(data_dir=data) as api:
+    async with serve_runs(home, data_dir=data) as api:
         record = await api.run_record(wf, 1)
         statuses = [j["status"] for j in record["jobs"]]
         assert statuses == ["running", "queued", "success", "queued"]

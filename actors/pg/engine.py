@@ -168,7 +168,12 @@ class Engine:
             "SELECT job_id, state, version FROM jobs WHERE workflow_id = %s AND number = %s",
             (state.workflow_id, state.number),
         )
-        state.jobs = {job_id: JobRun.from_row(row) for job_id, row, _ in rows}
+        found = {job_id: row for job_id, row, _ in rows}
+        # In the plan's order, as the embedded engine holds them: the rules decide jobs
+        # in this order (which of two jobs a cancel queues first, say).
+        order = [j for j in loaded.plan.instances if j in found]
+        order += [j for j in found if j not in loaded.plan.instances]
+        state.jobs = {job_id: JobRun.from_row(found[job_id]) for job_id in order}
         loaded.versions = {job_id: version for job_id, _, version in rows}
 
     def locked(self, tx: Tx, workflow_id: str, number: int) -> Loaded | None:
