@@ -54,15 +54,17 @@ def _database_url() -> str:
 
 
 @contextlib.contextmanager
-def _schema(url: str) -> Iterator[str]:
-    """A schema of the scenario's own, as a URL; dropped after."""
+def _schema(url: str, settings: str = "") -> Iterator[str]:
+    """A schema of the scenario's own, as a URL (with `settings`, `-cname=value ...`, for
+    its sessions); dropped after."""
     import psycopg
 
     name = "bench_" + uuid.uuid4().hex[:12]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}")
     try:
-        yield psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={name}")
+        options = f"-csearch_path={name} {settings}".strip()
+        yield psycopg.conninfo.make_conninfo(url, options=options)
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {name} CASCADE")
@@ -228,13 +230,8 @@ def run(quick: bool) -> Outcome:
         # The same with commits that do not wait for the disk: what the engine costs
         # apart from the database's fsync (an acknowledged change could then be lost
         # should PostgreSQL crash; not a setting to run with).
-        with _schema(base) as url:
-            unsafe = psycopg.conninfo.make_conninfo(
-                url,
-                options=psycopg.conninfo.conninfo_to_dict(url)["options"]
-                + " -csynchronous_commit=off",
-            )
-            env = {"DATABASE_URL": unsafe}
+        with _schema(base, "-csynchronous_commit=off") as url:
+            env = {"DATABASE_URL": url}
             with wfg_server(workflows_dir, in_memory=False, env=env) as server:
                 _throughput(
                     outcome, "1 node, PostgreSQL, commits not waiting for the disk", [server], jobs

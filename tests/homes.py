@@ -123,19 +123,6 @@ class Home:
         async with open_runtime(**kwargs) as runtime:
             yield runtime
 
-    def now_ms(self) -> int:
-        """The clock the runtime stamps times with, in epoch ms."""
-        if self.postgres:
-            import psycopg
-
-            with psycopg.connect(self.database_url, autocommit=True) as conn:
-                row = conn.execute("SELECT wfg_now_ms()").fetchone()
-                assert row is not None
-                return row[0]
-        from actors.clock import now_ms
-
-        return now_ms()
-
 
 TABLES = (
     "definitions",
