@@ -13,6 +13,7 @@ import math
 from typing import Annotated, Any
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, RootModel
 from quart import Response, request
 from quart_cors import cors
@@ -55,6 +56,7 @@ from actors.spec import DefinitionError
 from . import protocol
 from .auth import TokenGuard, install_auth
 from .fastpath import ProtocolFastPath
+from .http_metrics import HttpMetrics, note_route
 from .wire import BadRequest, M, body_too_large, dump, error_answer, parse_body
 
 log = logging.getLogger("workflow_graph.web")
@@ -108,6 +110,14 @@ class EventStream(RootModel[str]):
     """Server-Sent Events: `event: log` blocks, each a LogChunk as JSON, and comments."""
 
 
+class MetricsText(RootModel[str]):
+    """The Prometheus text exposition format (version 0.0.4)."""
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
 class _Provider(OpenAPIProvider):
     """Documents `EventStream` answers as `text/event-stream`, the rest as JSON.
 
@@ -124,6 +134,9 @@ class _Provider(OpenAPIProvider):
         if model is EventStream:
             content = {"text/event-stream": {"schema": {"type": "string"}}}
             return {"content": content, "description": EventStream.__doc__}, {}
+        if model is MetricsText:
+            content = {"text/plain": {"schema": {"type": "string"}}}
+            return {"content": content, "description": MetricsText.__doc__}, {}
         return super().build_response_object(model, headers_model)
 
 
@@ -210,12 +223,14 @@ def create_app(
     worker_token: str | None = None,
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS,
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS,
+    metrics_public: bool = False,
 ) -> QuartTrio:
     """The QuartTrio app serving the REST API over `runtime`.
 
-    Tokens left None leave their routes open (see `web.auth`). At most
-    `max_sse_streams` log streams are open at once (429 past it), and each
-    ends after `sse_max_secs`; an EventSource client reconnects.
+    Tokens left None leave their routes open (see `web.auth`); `/metrics` needs
+    the API token unless `metrics_public`. At most `max_sse_streams` log streams
+    are open at once (429 past it), and each ends after `sse_max_secs`; an
+    EventSource client reconnects.
     """
     app = QuartTrio("workflow_graph")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -232,10 +247,12 @@ def create_app(
         **_security_docs(api_token or worker_token),
     )
     app = cors(app, allow_origin=cors_origins if cors_origins else "*")
-    # First of the before_request hooks: 401 comes before any look at the body.
-    guard = TokenGuard(api_token, worker_token)
+    note_route(app)  # before the token check, which may answer first
+    # First of the hooks that answer: 401 comes before any look at the body.
+    guard = TokenGuard(api_token, worker_token, metrics_public)
     install_auth(app, guard)
-    streams = _StreamSlots(max_sse_streams)
+    metrics = runtime.metrics
+    streams = _StreamSlots(max_sse_streams, metrics.sse_streams)
 
     @app.before_request
     async def _refuse_large_bodies():
@@ -262,6 +279,31 @@ def create_app(
     async def _unexpected(exc: Exception):
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(500, "internal server error")
+
+    # --- operations ---
+
+    @app.get("/healthz")
+    @document_response(Health, 200)
+    async def healthz():
+        """The process answers (liveness)."""
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    @document_response(Health, 200)
+    @_errors(503)
+    async def readyz():
+        """The runtime has started and its store takes writes (readiness); 503 says why not."""
+        reason = await runtime.readiness()
+        if reason is not None:
+            return _error(503, reason)
+        return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    @document_response(MetricsText, 200)
+    @_errors(401)
+    async def metrics_text():
+        """Prometheus metrics of this server (needs the API token unless METRICS_PUBLIC=1)."""
+        return Response(await runtime.scrape(), content_type=CONTENT_TYPE_LATEST)
 
     # --- workflows ---
 
@@ -474,11 +516,12 @@ def create_app(
 
     register_dashboard(app, runtime)
     app.asgi_app = ProtocolFastPath(
-        app.asgi_app,
+        HttpMetrics(app.asgi_app, metrics),
         runtime,
         guard,
         max_body_bytes=max_body_bytes,
         cors_origins=cors_origins,
+        metrics=metrics,
     )
     return app
 
@@ -519,20 +562,23 @@ async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
 
 
 class _StreamSlots:
-    """A count of open log streams, bounded by `max_sse_streams`."""
+    """A count of open log streams, bounded by `max_sse_streams`, shown by `gauge`."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge) -> None:
         self.limit = limit
         self.open = 0
+        self._gauge = gauge
 
     def acquire(self) -> bool:
         if self.open >= self.limit:
             return False
         self.open += 1
+        self._gauge.inc()
         return True
 
     def release(self) -> None:
         self.open -= 1
+        self._gauge.dec()
 
 
 class _LogStream:

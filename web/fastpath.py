@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import trio
 
 from actors import Runtime
+from actors.metrics import Metrics
 
 from . import protocol
 from .auth import TokenGuard, challenge, presented_token
@@ -27,6 +29,10 @@ log = logging.getLogger("workflow_graph.web")
 
 CLAIM_PATH = "/api/jobs/claim"
 LEASE_PATH = re.compile(r"/api/jobs/([^/]+)/(heartbeat|complete|fail|logs)")
+# The Quart rules of the same routes: the `route` label of their metrics.
+LEASE_ROUTES = {
+    action: f"/api/jobs/<lease_id>/{action}" for action in ("heartbeat", "complete", "fail", "logs")
+}
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -46,23 +52,35 @@ class ProtocolFastPath:
         *,
         max_body_bytes: int,
         cors_origins: list[str] | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._app = app
         self._runtime = runtime
         self._guard = guard
         self._max_body_bytes = max_body_bytes
         self._origins = frozenset(cors_origins) if cors_origins else None
+        self._metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             if path == CLAIM_PATH:
-                return await self._serve(scope, receive, send, None, None)
+                return await self._timed(CLAIM_PATH, scope, receive, send, None, None)
             if (match := LEASE_PATH.fullmatch(path)) is not None:
-                return await self._serve(scope, receive, send, match[1], match[2])
+                route = LEASE_ROUTES[match[2]]
+                return await self._timed(route, scope, receive, send, match[1], match[2])
         await self._app(scope, receive, send)
 
-    async def _serve(self, scope, receive, send, lease_id: str | None, action: str | None):
+    async def _timed(self, route: str, scope, receive, send, lease_id, action) -> None:
+        started = time.perf_counter()
+        status = await self._serve(scope, receive, send, lease_id, action)
+        if status is not None and self._metrics is not None:
+            self._metrics.http_request(route, "POST", status, time.perf_counter() - started)
+
+    async def _serve(
+        self, scope, receive, send, lease_id: str | None, action: str | None
+    ) -> int | None:
+        """Answer the call; its status, or None when the client went away first."""
         headers = dict(scope["headers"])
         cors = self._cors(headers.get(b"origin"))
         presented = presented_token(headers.get(b"authorization", b"").decode("latin-1"), None)
@@ -90,7 +108,7 @@ class ProtocolFastPath:
                 log.exception("unexpected error serving POST %s", scope["path"])
                 answer = (500, "internal server error")
             return await _respond(send, answer[0], error_body(answer[1]), cors)
-        await _respond(send, 200, dump(value), cors)
+        return await _respond(send, 200, dump(value), cors)
 
     def _cors(self, origin: bytes | None) -> Headers:
         """The headers quart-cors gives the Quart routes on a simple (non-preflight) call."""
@@ -153,7 +171,7 @@ class _ClientLeft(Exception):
 _GONE = object()
 
 
-async def _respond(send, status: int, body: str, headers: Headers) -> None:
+async def _respond(send, status: int, body: str, headers: Headers) -> int:
     payload = body.encode()
     await send(
         {
@@ -167,3 +185,4 @@ async def _respond(send, status: int, body: str, headers: Headers) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+    return status
