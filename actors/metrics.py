@@ -18,12 +18,12 @@ never raw paths; no lease, run or worker id is ever a label value.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .waiting import covers
 
@@ -238,7 +238,7 @@ class _StateCollector:
     def describe(self) -> list:
         return []  # registered without a sample: the state is only there at a scrape
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         state = self.current
         if state is None:
             return

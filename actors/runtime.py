@@ -384,7 +384,8 @@ class Runtime:
     async def _coverage(self) -> Coverage:
         """The live workers' label sets now, for the `waiting` of the jobs in a view."""
         reading = await self._system.workers.ask(ReadCoverage())
-        return Coverage(reading.live_label_sets, now_ms(), self._waiting.since)
+        watch = self._waiting
+        return Coverage(reading.live_label_sets, now_ms(), watch.since, watch.last_look_ms)
 
     async def get_definition(self, workflow_id: str) -> WorkflowSpec:
         """The definition new runs of the workflow start with (immutable)."""

@@ -35,11 +35,12 @@ def covers(labels: Iterable[str], live: Collection[frozenset[str]]) -> bool:
 @dataclass(frozen=True)
 class Coverage:
     """The live workers' label sets at one instant, and since when each uncovered
-    label set has waited (from `WaitingWatch`)."""
+    label set has waited (from `WaitingWatch`: its `since` and its last look)."""
 
     live: frozenset[frozenset[str]]
     now_ms: int
     since: Mapping[frozenset[str], int] = field(default_factory=dict)
+    last_look_ms: int = 0
     _known: dict[frozenset[str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def covers(self, labels: frozenset[str]) -> bool:
@@ -63,12 +64,10 @@ def waiting_mark(run: RunState, job: JobRun, coverage: Coverage | None) -> Waiti
     labels = frozenset(job.rendered.labels if job.rendered else ())
     if coverage.covers(labels):
         return None
+    # Not seen waiting at the watch's last look: it was served then, or not yet queued.
+    since = coverage.since.get(labels, coverage.last_look_ms)
     claimable = max(job.enqueued_at_ms, job.delayed_until_ms)
-    return Waiting(
-        reason="no_worker",
-        labels=sorted(labels),
-        since_ms=max(claimable, coverage.since.get(labels, 0)),
-    )
+    return Waiting(reason="no_worker", labels=sorted(labels), since_ms=max(claimable, since))
 
 
 class WaitingWatch:
@@ -80,7 +79,7 @@ class WaitingWatch:
 
     def __init__(self) -> None:
         self.since: dict[frozenset[str], int] = {}
-        self._last_ms = 0
+        self.last_look_ms = 0
 
     def update(
         self,
@@ -99,7 +98,7 @@ class WaitingWatch:
             if labels in self.since:
                 continue
             # Covered (or empty) at the last look: it started waiting after it.
-            self.since[labels] = max(oldest_ms, self._last_ms)
+            self.since[labels] = max(oldest_ms, self.last_look_ms)
             shown = ", ".join(sorted(labels)) or "(none)"
             log.warning(
                 "%d queued job(s) need a worker with labels [%s] and no live worker has them",
@@ -107,7 +106,7 @@ class WaitingWatch:
                 shown,
                 extra={"labels": sorted(labels), "jobs": count},
             )
-        self._last_ms = now_ms
+        self.last_look_ms = now_ms
 
 
 __all__ = ["Coverage", "WaitingWatch", "covers", "waiting_mark"]

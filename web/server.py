@@ -9,9 +9,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import trio
 from hypercorn.config import Config
@@ -250,12 +251,20 @@ def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = Non
     return config
 
 
+def _printer(stream: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    return say
+
+
 async def _main(settings: ServerSettings) -> None:
+    say: Callable[[str], None]
+    warn: Callable[[str], None]
     if settings.log_format == "json":
         say, warn = log.info, log.warning  # every line a JSON object, for collectors
     else:
-        say = lambda line: print(line, flush=True)  # noqa: E731
-        warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        say, warn = _printer(sys.stdout), _printer(sys.stderr)
     # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
     sock = bind_socket(settings.host, settings.port)
     secrets = SecretStore.load(settings.secrets_dir, os.environ)
