@@ -10,11 +10,13 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 
 # Ids travel in URLs and shell environments; keep them to a safe alphabet.
@@ -206,10 +208,25 @@ class RerunRequest(_Strict):
     failed_only: bool = False
 
 
+class StrategyDecl(_Strict):
+    """A job's matrix strategy, as a definition file's `strategy` declares it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    # Dimensions with `include`/`exclude`, or one `${{ }}` expression.
+    matrix: dict[str, Any] | str
+    fail_fast: bool = Field(True, validation_alias=AliasChoices("fail_fast", "fail-fast"))
+    max_parallel: Annotated[int, Field(gt=0)] | None = Field(
+        None, validation_alias=AliasChoices("max_parallel", "max-parallel")
+    )
+
+
 class JobCreate(_Visualized):
     """A job in a create request. `status` is accepted and ignored."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(
+        strict=True, extra="ignore", populate_by_name=True, serialize_by_alias=True
+    )
 
     id: Id
     name: str | None = None
@@ -219,10 +236,15 @@ class JobCreate(_Visualized):
     max_retries: Annotated[int, Field(ge=0, le=100)] = 0
     metadata: dict[str, Any] = {}
     status: Any = None
-    # Extensions: the same knobs a definition file has.
+    # Extensions: the same knobs a definition file has. `command`, `name`, `env`
+    # values and `if` may hold `${{ }}` expressions.
     backoff: Backoff = "None"
     timeout_secs: Annotated[int, Field(gt=0)] | None = None
+    queue_timeout_secs: Annotated[int, Field(gt=0)] | None = None
     env: dict[str, str] = {}
+    condition: bool | str | None = Field(None, alias="if")
+    continue_on_error: bool | str = False
+    strategy: StrategyDecl | None = None
 
 
 class InputDecl(_Strict):
@@ -243,12 +265,39 @@ class ConcurrencyDecl(_Strict):
 
 
 class WorkflowCreate(_Strict):
-    name: Annotated[str, Field(min_length=1)]
+    """A create request: `name` and `jobs`, or (extension) `definition`, the text of a
+    definition file (YAML or JSON) read exactly as `WORKFLOWS_DIR` reads one."""
+
+    name: Annotated[str, Field(min_length=1)] | None = None
     trigger: str = ""
-    jobs: list[JobCreate]
-    # Extensions: run inputs and the concurrency group, as a definition file declares them.
+    jobs: list[JobCreate] = []
+    # Extensions: run inputs, the concurrency group, the run's timeout and the env
+    # every job sees, as a definition file declares them.
     inputs: dict[Annotated[str, Field(pattern=INPUT_NAME_PATTERN)], InputDecl] | None = None
     concurrency: Annotated[str, Field(min_length=1, max_length=256)] | ConcurrencyDecl | None = None
+    timeout_secs: Annotated[int, Field(gt=0)] | None = None
+    env: dict[str, str] = {}
+    definition: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> WorkflowCreate:
+        given = self.model_fields_set
+        if self.definition is not None:
+            # A field sent with its default value (as clients dumping a model do) is not
+            # a second form.
+            fields = type(self).model_fields
+            others = sorted(
+                k for k in given - {"definition"} if getattr(self, k) != fields[k].default
+            )
+            if others:
+                raise ValueError(
+                    "give either 'definition' or the workflow's fields, not both "
+                    f"(also given: {', '.join(others)})"
+                )
+        elif self.name is None or "jobs" not in given:
+            missing = [k for k in ("name", "jobs") if k not in given or getattr(self, k) is None]
+            raise ValueError(f"missing {' and '.join(missing)} (or give 'definition')")
+        return self
 
 
 # --- worker protocol --------------------------------------------------------

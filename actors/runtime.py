@@ -349,7 +349,7 @@ class Runtime:
             )
         for job in body.jobs:
             self._check_labels(job.required_labels, where=f"job '{job.id}': ")
-        spec = spec_from_create(str(uuid.uuid4()), body)
+        spec = spec_from_create(str(uuid.uuid4()), body, secrets=self.secret_names)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
@@ -907,6 +907,7 @@ async def open_runtime(
     (default: a fresh registry) is what `/metrics` serves.
     """
     limits = limits or Limits()
+    secrets = secrets or SecretStore()
     store = None
     if data_dir is not None and str(data_dir) != ":memory:":
         store = Store(data_dir)
@@ -915,7 +916,7 @@ async def open_runtime(
         from .definitions import load_workflows_dir
 
         kwargs = {"warn": warn} if warn is not None else {}
-        loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
+        loaded.extend(load_workflows_dir(Path(workflows_dir), secrets=secrets.names, **kwargs))
     snapshot = store.load() if store is not None else Snapshot()
     try:
         async with trio.open_nursery() as nursery:
@@ -930,7 +931,7 @@ async def open_runtime(
                 retain_runs=max(1, retain_runs),
                 history=MemoryHistory() if store is None else None,
                 metrics=metrics or Metrics(),
-                secrets=secrets or SecretStore(),
+                secrets=secrets,
             )
             system.groups = ConcurrencyGroups(system.admit, system.cancel_run)
             system.logs.journal = system.workers.journal = journal

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Invalid
-from .models import InputDecl, Job, JobCreate, RetryPolicy, Workflow, WorkflowCreate
+from .models import Job, RetryPolicy, Workflow, WorkflowCreate
+from .triggers import Triggers
 
 _EMPTY: dict = {}  # shared by every job with no env/metadata/visual: never mutated
 _POLICIES: dict[str, RetryPolicy] = {}
@@ -24,25 +25,138 @@ def _shared_policy(policy: RetryPolicy) -> RetryPolicy:
     return _POLICIES.setdefault(policy.model_dump_json(), policy)
 
 
+MAX_LISTED_PROBLEMS = 3  # in a one-line summary; `DefinitionError.problems` holds them all
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a definition cannot load, and where it is.
+
+    `path` names the place in the document (`jobs.build.steps[1].run` in a
+    file, `jobs[2].command` in a create body); `line` and `column` (from 1)
+    are set when the definition came as text.
+    """
+
+    message: str
+    path: str = ""
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.message
+        return f"{self.message} (line {self.line}, column {self.column})"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"message": self.message, "path": self.path}
+        if self.line is not None:
+            data["line"] = self.line
+            data["column"] = self.column
+        return data
+
+
 class DefinitionError(ValueError):
-    """A definition that cannot be loaded; the message names the reason."""
+    """A definition that cannot be loaded; `problems` holds every reason found.
+
+    `str()` is one line: the only problem, or `<n> problems: first; second; ...`.
+    """
+
+    def __init__(self, problems: str | Problem | Iterable[Problem], prefix: str = "") -> None:
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: tuple[Problem, ...] = tuple(problems) or (Problem("invalid definition"),)
+        self.prefix = prefix
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        problems = self.problems
+        if len(problems) == 1:
+            text = str(problems[0])
+        else:
+            listed = "; ".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
+            more = "; ..." if len(problems) > MAX_LISTED_PROBLEMS else ""
+            text = f"{len(problems)} problems: {listed}{more}"
+        return f"{self.prefix}: {text}" if self.prefix else text
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Every problem as JSON: `{"message", "path"}`, plus `line`/`column` for text."""
+        return [p.to_json() for p in self.problems]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One step of a job, as written: its fields may hold `${{ }}` templates."""
+
+    run: str
+    name: str = ""  # as written; announced as its name, else its id, else `step N`
+    id: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    condition: str | None = None  # `if`, as written; None: success()
+    continue_on_error: bool | str = False  # a template when it is an expression
+    working_directory: str | None = None
+    shell: str | None = None  # bash, sh or python; None: bash -e where bash exists, else sh -e
+
+    def __post_init__(self) -> None:
+        if not self.env:
+            object.__setattr__(self, "env", _EMPTY)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "name": self.name,
+            "id": self.id,
+            "env": self.env,
+            "condition": self.condition,
+            "continue_on_error": self.continue_on_error,
+            "working_directory": self.working_directory,
+            "shell": self.shell,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StrategySpec:
+    """A job's `strategy`: its matrix (a mapping of dimensions with `include` and
+    `exclude`, or one `${{ }}` expression; either may hold templates evaluated
+    when a run starts) and how its combinations run."""
+
+    matrix: Any
+    fail_fast: bool = True
+    max_parallel: int | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "matrix": self.matrix,
+            "fail_fast": self.fail_fast,
+            "max_parallel": self.max_parallel,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     id: str
-    name: str
-    command: str  # what the worker runs with `sh -c`, env exports and steps included
+    name: str  # may hold `${{ }}` templates, rendered when the job is queued
+    # What status shows before a run: for a file, the env exports then the `run` or
+    # the composed steps, templates as written; for the API, the command as sent.
+    command: str
     depends_on: tuple[str, ...] = ()
-    required_labels: tuple[str, ...] = ()
+    required_labels: tuple[str, ...] = ()  # may hold templates (`runs-on: ${{ matrix.os }}`)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_secs: int | None = None
     # A job not claimed this long after it was queued fails (no worker can take it).
     queue_timeout_secs: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # values may hold templates and secrets
     metadata: dict[str, Any] = field(default_factory=dict)
     # Visualizer fields (`ports`, `children`, `collapsed`) exactly as a client sent them.
     visual: dict[str, Any] = field(default_factory=dict)
+    # The job's own script when `command` also shows its env exports (a file's `run`);
+    # None when `command` is the script (the API) or the job has steps.
+    run: str | None = None
+    steps: tuple[StepSpec, ...] = ()
+    condition: str | None = None  # `if`, as written; None: success()
+    continue_on_error: bool | str = False  # a template when it is an expression
+    strategy: StrategySpec | None = None
 
     def __post_init__(self) -> None:
         # Thousands of idle workflows live in memory: share what repeats between jobs.
@@ -53,6 +167,11 @@ class JobSpec:
         for name in ("env", "metadata", "visual"):
             if not getattr(self, name):
                 share(self, name, _EMPTY)
+
+    @property
+    def script(self) -> str:
+        """The job's script without env exports, when it has no steps."""
+        return self.run if self.run is not None else self.command
 
     def as_job(self) -> Job:
         """The job as status shows it before any run: queued, attempt 0."""
@@ -99,15 +218,29 @@ class ConcurrencySpec:
     cancel_in_progress: bool = False
 
 
+NOTIFY_ON = ("success", "failure", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySpec:
+    """`notify`: POST the finished run to `url` when it ends with one of `on`."""
+
+    url: str
+    on: tuple[str, ...] = ("failure",)
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowSpec:
     id: str
     name: str
-    trigger: str
+    trigger: str  # the contract's display text: `on: push`, `on: [push, pull_request]`
     jobs: tuple[JobSpec, ...]
     inputs: tuple[InputSpec, ...] = ()
     # None: the workflow is its own group and a second run is refused (409).
     concurrency: ConcurrencySpec | None = None
+    timeout_secs: int | None = None  # the whole run's limit
+    triggers: Triggers = field(default_factory=Triggers)
+    notify: tuple[NotifySpec, ...] = ()
 
     def __post_init__(self) -> None:
         check_graph(self.jobs)
@@ -119,25 +252,37 @@ class WorkflowSpec:
         )
 
 
-def check_inputs(inputs: Iterable[InputSpec]) -> None:
-    """Refuse an input declaration that no run could satisfy, naming the input."""
+def input_problems(inputs: Iterable[InputSpec]) -> list[tuple[str, str]]:
+    """(input name, reason) for each declaration no run could satisfy."""
+    problems: list[tuple[str, str]] = []
     names: set[str] = set()
     for spec in inputs:
         where = f"input '{spec.name}'"
         if spec.env_name in names:
-            raise DefinitionError(f"{where} is declared twice")
+            problems.append((spec.name, f"{where} is declared twice"))
         names.add(spec.env_name)
         if spec.type not in INPUT_TYPES:
-            raise DefinitionError(f"{where} has type {spec.type!r}; expected one of {INPUT_TYPES}")
+            problems.append(
+                (spec.name, f"{where} has type {spec.type!r}; expected one of {INPUT_TYPES}")
+            )
+            continue
         if spec.type == "choice" and not spec.options:
-            raise DefinitionError(f"{where} is a choice with no options")
+            problems.append((spec.name, f"{where} is a choice with no options"))
         if spec.type != "choice" and spec.options:
-            raise DefinitionError(f"{where} has options but is not a choice")
-        if spec.default is not None:
+            problems.append((spec.name, f"{where} has options but is not a choice"))
+        if spec.default is not None and (spec.type != "choice" or spec.options):
             try:
                 coerce_input(spec, spec.default)
             except Invalid as exc:
-                raise DefinitionError(f"{where} default: {exc}") from None
+                problems.append((spec.name, f"{where} default: {exc}"))
+    return problems
+
+
+def check_inputs(inputs: Iterable[InputSpec]) -> None:
+    """Refuse an input declaration that no run could satisfy, naming the input."""
+    problems = input_problems(inputs)
+    if problems:
+        raise DefinitionError([Problem(message) for _, message in problems])
 
 
 def coerce_input(spec: InputSpec, value: Any) -> Any:
@@ -208,21 +353,36 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_graph(jobs: Iterable[JobSpec]) -> None:
-    """Refuse duplicate job ids, unknown dependencies and cycles, naming the job."""
+def graph_problems(jobs: Iterable[JobSpec]) -> list[tuple[str, str]]:
+    """(job id, reason) for each duplicate id, unknown or self dependency, and for the
+    first dependency cycle found."""
+    problems: list[tuple[str, str]] = []
     by_id: dict[str, JobSpec] = {}
     for job in jobs:
         if job.id in by_id:
-            raise DefinitionError(f"duplicate job id '{job.id}'")
-        by_id[job.id] = job
+            problems.append((job.id, f"duplicate job id '{job.id}'"))
+        else:
+            by_id[job.id] = job
     if not by_id:
-        raise DefinitionError("a workflow needs at least one job")
+        return [("", "a workflow needs at least one job")]
+    broken = False
     for job in by_id.values():
         for dep in job.depends_on:
             if dep not in by_id:
-                raise DefinitionError(f"job '{job.id}' depends on unknown job '{dep}'")
-            if dep == job.id:
-                raise DefinitionError(f"job '{job.id}' depends on itself")
+                problems.append((job.id, f"job '{job.id}' depends on unknown job '{dep}'"))
+                broken = True
+            elif dep == job.id:
+                problems.append((job.id, f"job '{job.id}' depends on itself"))
+                broken = True
+    if broken:
+        return problems
+    cycle = _find_cycle(by_id)
+    if cycle:
+        problems.append((cycle[0], "dependency cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+def _find_cycle(by_id: dict[str, JobSpec]) -> list[str] | None:
     # Iterative three-colour DFS: deep chains must not hit the recursion limit.
     done: set[str] = set()
     for root in by_id:
@@ -241,88 +401,46 @@ def check_graph(jobs: Iterable[JobSpec]) -> None:
                 stack.append((node, i + 1))
                 nxt = deps[i]
                 if nxt in in_path:
-                    cycle = on_path[on_path.index(nxt) :] + [nxt]
-                    raise DefinitionError("dependency cycle: " + " -> ".join(cycle))
+                    return on_path[on_path.index(nxt) :] + [nxt]
                 if nxt not in done:
                     stack.append((nxt, 0))
             else:
                 on_path.pop()
                 in_path.discard(node)
                 done.add(node)
+    return None
 
 
-def spec_from_create(workflow_id: str, body: WorkflowCreate) -> WorkflowSpec:
-    """The definition of a workflow created through the API."""
-    return WorkflowSpec(
-        id=workflow_id,
-        name=body.name,
-        trigger=body.trigger,
-        jobs=tuple(_job_from_create(j) for j in body.jobs),
-        inputs=tuple(_input_from_create(n, d) for n, d in (body.inputs or {}).items()),
-        concurrency=_concurrency_from_create(body.concurrency),
-    )
+def check_graph(jobs: Iterable[JobSpec]) -> None:
+    """Refuse duplicate job ids, unknown dependencies and cycles, naming the job."""
+    problems = graph_problems(jobs)
+    if problems:
+        raise DefinitionError([Problem(message) for _, message in problems])
 
 
-def _input_from_create(name: str, decl: InputDecl) -> InputSpec:
-    return InputSpec(
-        name=name,
-        type=decl.type,
-        required=decl.required,
-        default=decl.default,
-        options=tuple(decl.options),
-        description=decl.description,
-    )
+def spec_from_create(
+    workflow_id: str, body: WorkflowCreate, secrets: Collection[str] | None = None
+) -> WorkflowSpec:
+    """The definition of a workflow created through the API: a create body, or the
+    text of a definition file in its `definition` key. Raises `DefinitionError`
+    with every problem found; `secrets` (names), when given, must hold every
+    secret the definition names."""
+    from .definitions import spec_from_body
+
+    return spec_from_body(workflow_id, body, secrets=secrets)
 
 
-def _concurrency_from_create(value: Any) -> ConcurrencySpec | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return ConcurrencySpec(group=value)
-    return ConcurrencySpec(group=value.group, cancel_in_progress=value.cancel_in_progress)
-
-
-def _job_from_create(job: JobCreate) -> JobSpec:
-    visual = {
-        k: v for k in ("ports", "children", "collapsed") if (v := getattr(job, k)) is not None
-    }
-    return JobSpec(
-        id=job.id,
-        name=job.name if job.name is not None else job.id,
-        command=job.command,
-        depends_on=tuple(dict.fromkeys(job.depends_on)),
-        required_labels=tuple(dict.fromkeys(job.required_labels)),
-        retry_policy=RetryPolicy(max_retries=job.max_retries, backoff=job.backoff),
-        timeout_secs=job.timeout_secs,
-        env=dict(job.env),
-        metadata=job.metadata,
-        visual=visual,
-    )
+# --- the stored form ---------------------------------------------------------------
 
 
 def spec_to_json(spec: WorkflowSpec) -> str:
-    """The definition as JSON, for the durable store."""
+    """The definition as JSON, for the durable store; `spec_from_json` rebuilds it equal."""
     return json.dumps(
         {
             "id": spec.id,
             "name": spec.name,
             "trigger": spec.trigger,
-            "jobs": [
-                {
-                    "id": j.id,
-                    "name": j.name,
-                    "command": j.command,
-                    "depends_on": list(j.depends_on),
-                    "required_labels": list(j.required_labels),
-                    "retry_policy": j.retry_policy.model_dump(mode="json"),
-                    "timeout_secs": j.timeout_secs,
-                    "queue_timeout_secs": j.queue_timeout_secs,
-                    "env": j.env,
-                    "metadata": j.metadata,
-                    "visual": j.visual,
-                }
-                for j in spec.jobs
-            ],
+            "jobs": [_job_to_data(j) for j in spec.jobs],
             "inputs": [
                 {
                     "name": i.name,
@@ -340,29 +458,60 @@ def spec_to_json(spec: WorkflowSpec) -> str:
                 "group": spec.concurrency.group,
                 "cancel_in_progress": spec.concurrency.cancel_in_progress,
             },
+            "timeout_secs": spec.timeout_secs,
+            "triggers": spec.triggers.to_data(),
+            "notify": [{"url": n.url, "on": list(n.on)} for n in spec.notify],
         },
         separators=(",", ":"),
     )
 
 
-def spec_from_json(text: str) -> WorkflowSpec:
-    data = json.loads(text)
-    jobs = tuple(
-        JobSpec(
-            id=j["id"],
-            name=j["name"],
-            command=j["command"],
-            depends_on=tuple(j["depends_on"]),
-            required_labels=tuple(j["required_labels"]),
-            retry_policy=RetryPolicy.model_validate(j["retry_policy"]),
-            timeout_secs=j["timeout_secs"],
-            queue_timeout_secs=j.get("queue_timeout_secs"),
-            env=j["env"],
-            metadata=j["metadata"],
-            visual=j["visual"],
-        )
-        for j in data["jobs"]
+def _job_to_data(job: JobSpec) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "command": job.command,
+        "depends_on": list(job.depends_on),
+        "required_labels": list(job.required_labels),
+        "retry_policy": job.retry_policy.model_dump(mode="json"),
+        "timeout_secs": job.timeout_secs,
+        "queue_timeout_secs": job.queue_timeout_secs,
+        "env": job.env,
+        "metadata": job.metadata,
+        "visual": job.visual,
+        "run": job.run,
+        "steps": [s.to_data() for s in job.steps],
+        "condition": job.condition,
+        "continue_on_error": job.continue_on_error,
+        "strategy": job.strategy.to_data() if job.strategy else None,
+    }
+
+
+def _job_from_data(j: dict[str, Any]) -> JobSpec:
+    strategy = j.get("strategy")
+    return JobSpec(
+        id=j["id"],
+        name=j["name"],
+        command=j["command"],
+        depends_on=tuple(j["depends_on"]),
+        required_labels=tuple(j["required_labels"]),
+        retry_policy=RetryPolicy.model_validate(j["retry_policy"]),
+        timeout_secs=j["timeout_secs"],
+        queue_timeout_secs=j.get("queue_timeout_secs"),
+        env=j["env"],
+        metadata=j["metadata"],
+        visual=j["visual"],
+        run=j.get("run"),
+        steps=tuple(StepSpec(**s) for s in j.get("steps", ())),
+        condition=j.get("condition"),
+        continue_on_error=j.get("continue_on_error", False),
+        strategy=StrategySpec(**strategy) if strategy else None,
     )
+
+
+def spec_from_json(text: str) -> WorkflowSpec:
+    """The definition `spec_to_json` stored (older stored forms lack the newer keys)."""
+    data = json.loads(text)
     inputs = tuple(
         InputSpec(**{**i, "options": tuple(i["options"])}) for i in data.get("inputs", ())
     )
@@ -371,7 +520,10 @@ def spec_from_json(text: str) -> WorkflowSpec:
         id=data["id"],
         name=data["name"],
         trigger=data["trigger"],
-        jobs=jobs,
+        jobs=tuple(_job_from_data(j) for j in data["jobs"]),
         inputs=inputs,
         concurrency=ConcurrencySpec(**concurrency) if concurrency else None,
+        timeout_secs=data.get("timeout_secs"),
+        triggers=Triggers.from_data(data.get("triggers")),
+        notify=tuple(NotifySpec(url=n["url"], on=tuple(n["on"])) for n in data.get("notify", ())),
     )

@@ -115,18 +115,6 @@ class GetStatusCounts:
 
 
 @dataclass(slots=True)
-class GetLive:
-    """The runs held here, as wire `Run`s, by number (for history pages)."""
-
-    numbers: list[int] | None = None
-
-
-@dataclass(slots=True)
-class GetRunState:
-    number: int
-
-
-@dataclass(slots=True)
 class IsCancelled:
     job_id: str
     number: int | None = None
@@ -285,12 +273,6 @@ class WorkflowActor(Actor):
                 return self._counts()
             case IsCancelled(job_id, number):
                 return self._is_cancelled(job_id, number)
-            case GetLive(numbers):
-                wanted = self._live if numbers is None else numbers
-                return {n: self.view(self._live[n]) for n in wanted if n in self._live}
-            case GetRunState(number):
-                live = self._live.get(number)
-                return None if live is None else live.state
             case JobClaimed():
                 return self._claimed(message)
             case JobCompleted(number, job_id, lease_id, outputs):
@@ -352,9 +334,6 @@ class WorkflowActor(Actor):
         if job is None:
             raise NotFound(f"job '{job_id}' not found in workflow '{self.spec.id}'")
         return job.status is JobStatus.cancelled
-
-    def view(self, live: LiveRun) -> Run:
-        return run_view(live.state, live.plan)
 
     # --- runs ---
 

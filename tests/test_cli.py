@@ -37,6 +37,9 @@ from actors.models import (
     LogChunk,
     LogChunkIn,
     LogStream,
+    Run,
+    RunAccepted,
+    RunStatus,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -118,9 +121,11 @@ def test_list_prints_a_plain_table(server: ServerProcess) -> None:
     assert result.returncode == 0, result.stderr
     assert_plain(result.stdout)
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATE", "JOBS", "TRIGGER"]
+    assert header.split() == ["ID", "NAME", "RUN", "STATUS", "JOBS", "TRIGGER"]
     good = next(row for row in rows if row.startswith("good "))
-    assert "Good" in good and "queued" in good and "2 queued" in good
+    # Never run: not "queued", which would read as work waiting for a worker.
+    assert good.split()[:6] == ["good", "Good", "never", "run", "2", "job(s)"]
+    assert "queued" not in good
 
 
 def test_list_json_is_the_apis_json(server: ServerProcess, client: Client) -> None:
@@ -146,9 +151,10 @@ def test_status_table_lists_jobs_in_layer_order(server: ServerProcess, client: C
     assert result.returncode == 0, result.stderr
     assert_plain(result.stdout)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Good [good]: queued")
+    assert lines[0] == "Good [good]: never run  (on: push)"
     assert lines[1].split()[:3] == ["JOB", "NAME", "STATUS"]
     assert [line.split()[0] for line in lines[2:]] == ["one", "two"]
+    assert "queued" not in result.stdout
 
     as_json = wfg("status", "good", "--json", server=server.url)
     assert Workflow.model_validate_json(as_json.stdout) == client.get_status("good")
@@ -190,13 +196,16 @@ def test_run_follow_succeeds_with_exit_0(server: ServerProcess, client: Client, 
     assert result.returncode == 0, result.stdout + result.stderr
     assert_plain(result.stdout)
     lines = result.stdout.splitlines()
-    # One line per change, in order: build runs and ends before test starts.
-    assert lines.index("build: queued") < lines.index("test: queued")
+    # One line per change, in order: build runs and ends before test starts. (The
+    # worker may claim build before the first look, so build may first show running.)
+    assert lines[1] == "build: queued" or lines[1].startswith("build: running")
+    assert lines[2] == "test: queued"
     assert any(line.startswith("build: running") for line in lines)
     success = [i for i, line in enumerate(lines) if line.startswith("build: success")]
     test_done = [i for i, line in enumerate(lines) if line.startswith("test: success")]
     assert success and test_done and success[0] < test_done[0]
-    assert lines[-1].startswith(f"{workflow.id}: success, 2 job(s)")
+    assert lines[0] == f"run 1 of {workflow.id} started"
+    assert lines[-1].startswith(f"run 1 of {workflow.id}: success, 2 job(s) in ")
     assert [c.job.job_id for c in worker.claimed] == ["build", "test"]
 
 
@@ -220,7 +229,7 @@ def test_run_follow_failure_prints_the_log_and_exits_1(
     # The last 20 log lines of the failed job, and not the earlier ones.
     assert "  | line 29" in out and "  | line 10" in out
     assert "line 9\n" not in out
-    assert out.splitlines()[-1].startswith(f"{workflow.id}: failed (build)")
+    assert out.splitlines()[-1].startswith(f"run 1 of {workflow.id}: failure (build)")
 
 
 def test_run_follow_shows_attempts_of_a_retried_job(
@@ -284,7 +293,8 @@ def test_ctrl_c_stops_watching_but_not_the_run(
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert f"stopped watching; {workflow.id} continues on the server" in err
+    assert f"stopped watching; run 1 of {workflow.id} continues" in err
+    assert f"wfg cancel {workflow.id} --run 1" in err
     assert job_of(client.get_status(workflow.id), "slow").status == JobStatus.running
     client.complete(claim.lease.lease_id)
 
@@ -293,8 +303,8 @@ def test_run_without_follow_and_json(server: ServerProcess, client: Client, labe
     workflow = client.create_workflow(pipeline(label))
     result = wfg("run", workflow.id, "--json", server=server.url)
     assert result.returncode == 0, result.stderr
-    status = Workflow.model_validate_json(result.stdout)
-    assert status.id == workflow.id
+    accepted = RunAccepted.model_validate_json(result.stdout)
+    assert (accepted.workflow_id, accepted.number, accepted.status) == (workflow.id, 1, "running")
     again = wfg("run", workflow.id, server=server.url)  # the run is still active
     assert again.returncode == 1
     assert_one_error_line(again.stderr, "error: 409 Conflict: ")
@@ -311,7 +321,8 @@ def test_run_follow_json_prints_the_final_status(
     finally:
         worker.stop()
     assert result.returncode == 0, result.stderr
-    final = Workflow.model_validate_json(result.stdout)
+    final = Run.model_validate_json(result.stdout)
+    assert (final.number, final.status) == (1, RunStatus.success)
     assert {j.status for j in final.jobs} == {JobStatus.success}
 
 
@@ -356,7 +367,8 @@ def test_run_follow_on_a_terminal_draws_the_live_view(
     assert code == 0, out
     assert "\x1b[" in out  # a redrawn view, not plain lines
     assert "✓" in out and "build" in out and "test" in out
-    assert f"{workflow.id}: success" in out
+    assert f"{workflow.id} run 1: running" in out  # the run's line above the jobs
+    assert f"run 1 of {workflow.id}: success" in out
 
 
 def test_no_color_on_a_terminal_is_plain(server: ServerProcess) -> None:
@@ -443,7 +455,8 @@ def test_create_of_an_invalid_file_names_the_file(server: ServerProcess, tmp_pat
     path.write_text(CYCLE_YML)
     result = wfg("create", str(path), server=server.url)
     assert result.returncode == 1
-    assert_one_error_line(result.stderr, f"error: {path}: ")
+    # Checked before sending: the problem with its line and column, as `validate` gives it.
+    assert_one_error_line(result.stderr, f"error: {path}:3:14: ")
     assert "cycle" in result.stderr
 
 
@@ -470,8 +483,8 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     assert result.stdout == f"{good}: ok\n"
     problems = result.stderr.splitlines()
     assert len(problems) == 3, result.stderr
-    assert problems[0].startswith(f"{cycle}: ") and "cycle" in problems[0]
-    assert problems[1].startswith(f"{broken}: ") and "YAML" in problems[1]
+    assert problems[0].startswith(f"{cycle}:3:14: ") and "cycle" in problems[0]
+    assert problems[1].startswith(f"{broken}:2:1: ") and "YAML" in problems[1]
     assert problems[2].startswith(f"{missing}: ")
     assert "Traceback" not in result.stderr
 

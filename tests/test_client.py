@@ -29,11 +29,15 @@ from actors.models import (
     ExponentialDelay,
     FixedBackoff,
     FixedDelay,
+    InputDecl,
     JobCreate,
     JobStatus,
     LogChunk,
     LogChunkIn,
     LogStream,
+    Run,
+    RunAccepted,
+    RunStatus,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -344,6 +348,162 @@ def test_run_unknown_is_404_and_run_while_active_is_409(client: Client, label: s
     with pytest.raises(WorkflowApiError) as info:
         client.run_workflow(workflow.id)
     assert info.value.status == 409
+
+
+# --- runs -----------------------------------------------------------------------
+
+
+def finish(client: Client, label: str, fail: frozenset[str] = frozenset(), log: str = "") -> None:
+    """Claim and finish the label's jobs until none comes: `fail` ids fail, the rest
+    succeed; each job logs `log` first when given."""
+    while (claim := client.claim(unique("w"), [label], wait_secs=0.5)) is not None:
+        lease = claim.lease.lease_id
+        if log:
+            client.push_logs(lease, [LogChunkIn(sequence=0, data=log)])
+        if claim.job.job_id in fail:
+            client.fail(lease, f"{claim.job.job_id} broke")
+        else:
+            client.complete(lease)
+
+
+def test_runs_are_numbered_listed_and_read(client: Client, label: str) -> None:
+    workflow = client.create_workflow(pipeline(label, a="x", b="y"))
+    assert client.get_status(workflow.id).run is None
+    assert client.list_runs(workflow.id) == []
+    first = client.run_workflow(workflow.id)
+    assert first == RunAccepted(workflow_id=workflow.id, number=1, status=RunStatus.running)
+    finish(client, label, fail=frozenset({"b"}), log="one\n")
+    second = client.run_workflow(workflow.id)
+    assert second.number == 2
+    finish(client, label, log="two\n")
+
+    runs = client.list_runs(workflow.id)
+    assert [(r.number, r.status) for r in runs] == [(2, "success"), (1, "failure")]
+    assert [r.number for r in client.list_runs(workflow.id, limit=1, offset=1)] == [1]
+    run = client.get_run(workflow.id, 1)
+    assert isinstance(run, Run) and run == runs[1]
+    assert {j.id: j.status for j in run.jobs} == {"a": "success", "b": "failure"}
+    assert client.get_status(workflow.id).run is not None
+
+    # Logs of each run, and the latest run's by default (under both names).
+    assert [c.data for c in client.get_logs(workflow.id, "b", run=1)] == ["one\n"]
+    assert [c.data for c in client.get_logs(workflow.id, "b")] == ["two\n"]
+    assert [c.data for c in client.get_job_logs(workflow.id, "b")] == ["two\n"]
+    assert [c.data for c in client.stream_logs(workflow.id, "b", run=1)] == ["one\n"]
+
+    with pytest.raises(WorkflowApiError) as info:
+        client.get_run(workflow.id, 9)
+    assert info.value.status == 404 and "no run 9" in info.value.message
+
+
+def test_rerun_failed_only_and_its_conflicts(client: Client, label: str) -> None:
+    workflow = client.create_workflow(pipeline(label, a="x", b="y"))
+    client.run_workflow(workflow.id)
+    finish(client, label, fail=frozenset({"b"}))
+    again = client.rerun(workflow.id, 1, failed_only=True)
+    assert (again.number, again.status) == (2, RunStatus.running)
+    run = client.get_run(workflow.id, 2)
+    assert (run.trigger, run.rerun_of) == ("rerun", 1)
+    assert {j.id: j.status for j in run.jobs} == {"a": "success", "b": "queued"}
+    with pytest.raises(WorkflowApiError) as info:  # run 2 has not finished
+        client.rerun(workflow.id, 2)
+    assert info.value.status == 409 and "not finished" in info.value.message
+    claim = claim_one(client, unique("w"), label)
+    assert claim.job.job_id == "b" and claim.job.run_id == 2  # a was kept
+    client.complete(claim.lease.lease_id)
+    assert client.get_run(workflow.id, 2).status == RunStatus.success
+
+
+def test_run_inputs_are_sent_and_a_bad_one_is_named(client: Client, label: str) -> None:
+    body = pipeline(label, only="x").model_copy(
+        update={
+            "inputs": {
+                "replicas": InputDecl(type="number", required=True),
+                "dry-run": InputDecl(type="boolean", default=True),
+            }
+        }
+    )
+    workflow = client.create_workflow(body)
+    with pytest.raises(WorkflowApiError) as info:
+        client.run_workflow(workflow.id)  # replicas is required
+    assert info.value.status == 422 and "replicas" in info.value.message
+    with pytest.raises(WorkflowApiError) as info:
+        client.run_workflow(workflow.id, inputs={"replicas": 1, "bogus": "x"})
+    assert info.value.status == 422 and "bogus" in info.value.message
+    assert client.list_runs(workflow.id) == []
+    accepted = client.run_workflow(workflow.id, inputs={"replicas": "3", "dry-run": "false"})
+    inputs = client.get_run(workflow.id, accepted.number).inputs
+    assert inputs == {"replicas": 3, "dry-run": False}
+
+
+def test_cancel_run_cancels_only_that_run(client: Client, label: str) -> None:
+    body = pipeline(label, only="x").model_copy(update={"concurrency": unique("group")})
+    workflow = client.create_workflow(body)
+    assert client.run_workflow(workflow.id).status == RunStatus.running
+    assert client.run_workflow(workflow.id).status == RunStatus.queued
+    claim = claim_one(client, unique("w"), label)
+    assert client.cancel_run(workflow.id, 2) == RunAccepted(
+        workflow_id=workflow.id, number=2, status=RunStatus.cancelled
+    )
+    assert client.get_run(workflow.id, 1).status == RunStatus.running
+    assert client.is_cancelled(workflow.id, "only", run=2) is True
+    assert client.is_cancelled(workflow.id, "only", run=1) is False
+    client.complete(claim.lease.lease_id)
+    ended = client.cancel_run(workflow.id, 1)  # a finished run is left as it is
+    assert ended.status == RunStatus.success
+
+
+def test_run_bodies_and_query_parameters() -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url), request.content))
+        if request.url.path.endswith("/cancelled"):
+            return httpx.Response(200, json=False)
+        if request.url.path.endswith("/logs"):
+            return httpx.Response(200, json=[])
+        return httpx.Response(202, json={"workflow_id": "w", "number": 4, "status": "queued"})
+
+    client = _mock(handler)
+    assert client.run_workflow("w").number == 4  # the contract's call: no body
+    client.run_workflow("w", inputs={"env": "prod", "n": 2})
+    client.rerun("w", 3)
+    client.rerun("w", 3, failed_only=True)
+    client.cancel_run("w", 3)
+    client.get_logs("w", "j", run=3)
+    client.is_cancelled("w", "j", run=3)
+    client.is_cancelled("w", "j")
+    base = "http://testserver/api"
+    assert seen == [
+        ("POST", f"{base}/workflows/w/run", b""),
+        ("POST", f"{base}/workflows/w/run", b'{"inputs":{"env":"prod","n":2}}'),
+        ("POST", f"{base}/workflows/w/runs/3/rerun", b'{"failed_only":false}'),
+        ("POST", f"{base}/workflows/w/runs/3/rerun", b'{"failed_only":true}'),
+        ("POST", f"{base}/workflows/w/runs/3/cancel", b""),
+        ("GET", f"{base}/workflows/w/runs/3/jobs/j/logs", b""),
+        ("GET", f"{base}/jobs/w/j/cancelled?run=3", b""),
+        ("GET", f"{base}/jobs/w/j/cancelled", b""),
+    ]
+
+
+async def test_async_client_runs(server: ServerProcess, label: str) -> None:
+    async with AsyncClient(server.url) as client:
+        workflow = await client.create_workflow(pipeline(label, only="x"))
+        accepted = await client.run_workflow(workflow.id)
+        assert accepted.number == 1
+        with Client(server.url) as sync:
+            finish(sync, label, fail=frozenset({"only"}), log="async run\n")
+        runs = await client.list_runs(workflow.id, limit=5)
+        assert [(r.number, r.status) for r in runs] == [(1, RunStatus.failure)]
+        assert (await client.get_run(workflow.id, 1)) == runs[0]
+        again = await client.rerun(workflow.id, 1, failed_only=True)
+        assert again.number == 2
+        assert (await client.cancel_run(workflow.id, 2)).status == RunStatus.cancelled
+        assert await client.is_cancelled(workflow.id, "only", run=2) is True
+        logs = await client.get_logs(workflow.id, "only", run=1)
+        assert [c.data for c in logs] == ["async run\n"]
+        async with aclosing(client.stream_logs(workflow.id, "only", run=1)) as stream:
+            assert [c.data async for c in stream] == ["async run\n"]
 
 
 # --- the worker protocol ----------------------------------------------------------

@@ -3,12 +3,14 @@
 The in-process tests need nothing beyond the project. The browser tests
 (marked `browser`) drive the real page in headless Chromium against a real
 server process and a real `wfg worker`; they skip when Chromium or
-chromedriver is not installed.
+chromedriver is not installed. Their screenshots go to `test-artifacts/`, or
+to `$WFG_TEST_ARTIFACTS` when set.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -26,7 +28,7 @@ from web.app import create_app
 from web.dashboard import compute_layout
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("WFG_TEST_ARTIFACTS") or REPO / "test-artifacts")
 STATIC = REPO / "web" / "static"
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -42,8 +44,8 @@ async def client() -> AsyncIterator:
             yield test_app.test_client()
 
 
-async def create(c, jobs: list[dict], name: str = "wf") -> str:
-    resp = await c.post("/api/workflows", json={"name": name, "jobs": jobs})
+async def create(c, jobs: list[dict], name: str = "wf", **extra) -> str:
+    resp = await c.post("/api/workflows", json={"name": name, "jobs": jobs, **extra})
     assert resp.status_code == 201, await resp.get_data(as_text=True)
     return (await resp.get_json())["id"]
 
@@ -161,6 +163,56 @@ async def test_layout_is_documented_in_openapi():
     assert "/" not in doc["paths"]  # the pages are not part of the API
 
 
+async def test_layout_carries_the_declared_inputs_and_concurrency_group():
+    inputs = {
+        "env": {"type": "choice", "options": ["staging", "prod"], "default": "staging"},
+        "dry-run": {"type": "boolean", "default": True, "description": "plan only"},
+        "replicas": {"type": "number", "required": True},
+        "note": {"type": "string"},
+    }
+    async with client() as c:
+        plain = await layout_of(c, await create(c, [job("a")]))
+        wf_id = await create(c, [job("a")], inputs=inputs, concurrency="deploy-${{ inputs.env }}")
+        layout = await layout_of(c, wf_id)
+        assert await layout_of(c, wf_id) == layout  # the cached answer says the same
+    assert plain["inputs"] == [] and plain["concurrency_group"] is None
+    assert layout["concurrency_group"] == "deploy-${{ inputs.env }}"
+    assert layout["inputs"] == [
+        {
+            "name": "env",
+            "type": "choice",
+            "required": False,
+            "default": "staging",
+            "options": ["staging", "prod"],
+            "description": "",
+        },
+        {
+            "name": "dry-run",
+            "type": "boolean",
+            "required": False,
+            "default": True,
+            "options": [],
+            "description": "plan only",
+        },
+        {
+            "name": "replicas",
+            "type": "number",
+            "required": True,
+            "default": None,
+            "options": [],
+            "description": "",
+        },
+        {
+            "name": "note",
+            "type": "string",
+            "required": False,
+            "default": None,
+            "options": [],
+            "description": "",
+        },
+    ]
+
+
 def test_layout_of_no_jobs():
     layout = compute_layout("empty", [])
     assert layout.nodes == [] and layout.edges == [] and layout.width > 0
@@ -171,6 +223,7 @@ def test_layout_of_no_jobs():
     [
         ("/", "text/html", "/static/app.js"),
         ("/workflows/x", "text/html", "/static/app.js"),
+        ("/workflows/x/runs/3", "text/html", "/static/app.js"),
         ("/static/index.html", "text/html", "<!doctype html>"),
         ("/static/app.js", "text/javascript", "EventSource"),
         ("/static/app.css", "text/css", "prefers-color-scheme"),
@@ -358,15 +411,68 @@ def row_ids(driver) -> list[str]:
     )
 
 
-def open_workflow(driver, url: str, wf_id: str) -> None:
-    driver.get(f"{url}/workflows/{wf_id}")
+def open_workflow(driver, url: str, wf_id: str, run: int | None = None) -> None:
+    driver.get(f"{url}/workflows/{wf_id}" + (f"/runs/{run}" if run else ""))
     wait(driver).until(lambda d: d.find_elements("css selector", ".job[data-status]"))
 
 
-def no_console_errors(driver) -> None:
+def row_cell(driver, wf_id: str, selector: str) -> str:
+    return driver.find_element("css selector", f"[data-workflow-id='{wf_id}'] {selector}").text
+
+
+def cancel_enabled(driver, wf_id: str) -> bool:
+    selector = f"[data-workflow-id='{wf_id}'] .wf-actions button:not(.primary)"
+    return driver.find_element("css selector", selector).is_enabled()
+
+
+def run_bar(driver) -> str:
+    return driver.find_element("css selector", ".run-bar").text
+
+
+def history_rows(driver) -> list[dict]:
+    """The run history as shown: number, status, trigger, when (text and exact), duration."""
+    return driver.execute_script(
+        """return [...document.querySelectorAll('#runs tbody tr')].map(r => ({
+            number: Number(r.dataset.run),
+            status: r.querySelector('.run-status').textContent.trim(),
+            trigger: r.querySelector('.run-trigger').textContent,
+            when: r.querySelector('time').textContent,
+            exact: r.querySelector('time').title,
+            datetime: r.querySelector('time').getAttribute('datetime'),
+            duration: r.querySelector('.duration').textContent,
+            current: r.getAttribute('aria-current') === 'true',
+            cancel: !!r.querySelector('.run-actions button'),
+        }))"""
+    )
+
+
+def button(driver, text: str):
+    """The visible button with exactly this text, or None."""
+    for b in driver.find_elements("css selector", "button"):
+        if b.is_displayed() and b.text == text:
+            return b
+    return None
+
+
+def api_post(url: str, path: str, body: dict | None = None) -> dict:
+    resp = httpx.post(url + path, json=body, timeout=10)
+    assert resp.status_code in (200, 201, 202), resp.text
+    return resp.json()
+
+
+def create_workflow(url: str, name: str, jobs: list[dict], **extra) -> str:
+    return api_post(url, "/api/workflows", {"name": name, "jobs": jobs, **extra})["id"]
+
+
+def run_status(url: str, wf_id: str, number: int) -> str:
+    return _get(url, f"/api/workflows/{wf_id}/runs/{number}")["status"]
+
+
+def no_console_errors(driver, allow: tuple[str, ...] = ()) -> None:
+    """No error in the console, but for refusals the page itself reports (a 409 from a
+    double-clicked run, and the statuses in `allow` a test provoked)."""
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    # A 409 from a double-clicked run is reported by the page itself, not a bug.
-    errors = [e for e in errors if " 409 " not in e["message"]]
+    errors = [e for e in errors if not any(f" {code} " in e["message"] for code in ("409", *allow))]
     assert not errors, errors
 
 
@@ -387,7 +493,11 @@ def test_list_shows_workflows_and_workers(dashboard, browser):
     }
     assert "Pipeline" in rows["pipeline"] and "on: push" in rows["pipeline"]
     assert "on: [push, pull_request]" in rows["broken"]
-    assert "4 queued" in rows["pipeline"] and "3 queued" in rows["broken"]
+    # Never run: nothing waits for a worker, so nothing reads "queued".
+    for wf_id in ("pipeline", "broken"):
+        assert "never run" in rows[wf_id] and "queued" not in rows[wf_id]
+        assert row_cell(browser, wf_id, ".wf-id") == f"id {wf_id}"
+        assert not cancel_enabled(browser, wf_id)
     run = browser.find_element("css selector", "[data-workflow-id='pipeline'] button.primary")
     assert run.get_attribute("aria-label") == "Run workflow Pipeline"
     wait(browser).until(lambda d: "ui-worker" in d.find_element("css selector", "#workers").text)
@@ -545,4 +655,336 @@ def test_layout_json_matches_the_model():
         "height",
         "nodes",
         "edges",
+        "inputs",
+        "concurrency_group",
     }
+
+
+# Jobs with a label no worker has wait in a running run: a run that stays active.
+UNCLAIMABLE = {"id": "wait", "command": "true", "required_labels": ["nowhere"]}
+
+
+@pytest.mark.browser
+def test_cancel_is_enabled_only_while_a_run_is_queued_or_running(dashboard, browser):
+    waiting = create_workflow(dashboard, "Waiting", [UNCLAIMABLE])
+    api_post(dashboard, "/api/workflows/broken/run")
+    wait(browser, 30).until(lambda _: run_status(dashboard, "broken", 1) == "failure")
+    browser.get(dashboard + "/")
+    wait(browser).until(lambda d: len(d.find_elements("css selector", ".wf-row")) == 4)
+    assert not cancel_enabled(browser, "broken")  # finished
+    assert not cancel_enabled(browser, waiting)  # never run
+    api_post(dashboard, f"/api/workflows/{waiting}/run")
+    wait(browser).until(lambda d: cancel_enabled(d, waiting))
+    assert "#1 running" in row_cell(browser, waiting, ".wf-status")
+    browser.find_element(
+        "css selector", f"[data-workflow-id='{waiting}'] .wf-actions button:not(.primary)"
+    ).click()
+    wait(browser).until(lambda d: "#1 cancelled" in row_cell(d, waiting, ".wf-status"))
+    wait(browser).until(lambda d: not cancel_enabled(d, waiting))
+    no_console_errors(browser)
+
+
+@pytest.mark.browser
+def test_pages_say_loading_until_the_first_answer(dashboard, browser):
+    # Hold every API request: the page must not claim "no workflows" or "no workers".
+    browser.execute_cdp_cmd("Fetch.enable", {"patterns": [{"urlPattern": "*/api/*"}]})
+    try:
+        browser.get(dashboard + "/")
+        wait(browser).until(
+            lambda d: "Loading workflows" in d.find_element("css selector", "main").text
+        )
+        time.sleep(0.5)
+        text = browser.find_element("css selector", "main").text
+        assert "Loading workers" in text
+        assert "No workers registered" not in text and "No workflows yet" not in text
+        assert "Prev" not in text  # no pager over an empty list
+        browser.get(dashboard + "/workflows/pipeline")
+        wait(browser).until(lambda d: "Loading" in d.find_element("css selector", "main").text)
+        time.sleep(0.5)
+        text = browser.find_element("css selector", "main").text
+        assert "Loading runs" in text and "No runs yet" not in text
+        assert "No workers registered" not in text
+    finally:
+        browser.execute_cdp_cmd("Fetch.disable", {})
+    browser.get(dashboard + "/")
+    wait(browser).until(lambda d: len(d.find_elements("css selector", ".wf-row")) == 3)
+    assert "Loading" not in browser.find_element("css selector", "main").text
+
+
+FLAKY = {
+    "id": "flaky",
+    "name": "Flaky",
+    "max_retries": 1,
+    "command": 'echo "attempt $WFG_ATTEMPT says hi"; [ "$WFG_ATTEMPT" -ge 1 ] || exit 1',
+}
+
+
+def attempt_marks(driver) -> list[str]:
+    """The log's text, each attempt mark shown as [mark]."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('pre.log > *')].map(e =>"
+        " e.classList.contains('attempt-mark') ? `[${e.textContent}]` : e.textContent)"
+    )
+
+
+@pytest.mark.browser
+def test_log_marks_where_each_attempt_starts(dashboard, browser):
+    wf_id = create_workflow(dashboard, "Retries", [FLAKY])
+    api_post(dashboard, f"/api/workflows/{wf_id}/run")
+    wait(browser, 30).until(lambda _: run_status(dashboard, wf_id, 1) == "success")
+    open_workflow(browser, dashboard, wf_id)
+    browser.find_element("css selector", ".job[data-job-id='flaky']").click()
+    wait(browser).until(
+        lambda d: "attempt 1 says hi" in d.find_element("css selector", "pre.log").text
+    )
+    assert attempt_marks(browser) == [
+        "[Attempt 1 of 2]",
+        "attempt 0 says hi\n",
+        "[Attempt 2 of 2]",
+        "attempt 1 says hi\n",
+    ]
+    screenshot(browser, "log-attempts.png")
+    no_console_errors(browser)
+
+
+@pytest.mark.browser
+def test_log_marks_attempts_by_the_chunks_attempt_key(dashboard, browser):
+    """With `attempt` on each chunk, the marks follow it, not the sequence numbers."""
+    wf_id = create_workflow(dashboard, "Keyed", [{"id": "one", "command": "echo a; echo b"}])
+    api_post(dashboard, f"/api/workflows/{wf_id}/run")
+    wait(browser, 30).until(lambda _: run_status(dashboard, wf_id, 1) == "success")
+    chunks = [
+        {
+            "workflow_id": wf_id,
+            "job_id": "one",
+            "sequence": i,
+            "data": f"line {i}\n",
+            "timestamp_ms": 1,
+            "stream": "stdout",
+            "attempt": attempt,
+        }
+        for i, attempt in enumerate([0, 0, 1, 2])
+    ]
+    # The server answers this job's logs with these chunks (sequence never restarts).
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "const realFetch = window.fetch; window.fetch = (url, opts) =>"
+            " String(url).endsWith('/jobs/one/logs') ? Promise.resolve(new Response("
+            + json.dumps(json.dumps(chunks))
+            + ", {headers: {'Content-Type': 'application/json'}})) : realFetch(url, opts);"
+        },
+    )
+    open_workflow(browser, dashboard, wf_id)
+    browser.find_element("css selector", ".job[data-job-id='one']").click()
+    wait(browser).until(lambda d: "line 3" in d.find_element("css selector", "pre.log").text)
+    assert attempt_marks(browser) == [
+        "[Attempt 1]",
+        "line 0\nline 1\n",
+        "[Attempt 2]",
+        "line 2\n",
+        "[Attempt 3]",
+        "line 3\n",
+    ]
+
+
+def cancel_all(url: str, *wf_ids: str) -> None:
+    for wf_id in wf_ids:
+        api_post(url, f"/api/workflows/{wf_id}/cancel")
+
+
+@pytest.fixture
+def long_history(workflows_dir: Path, server_factory) -> str:
+    """A server keeping 50 runs per workflow (the default keeps 3), no workers."""
+    return server_factory(workflows_dir, env={"RETAIN_RUNS": "50"}).url
+
+
+@pytest.mark.browser
+def test_run_history_lists_runs_and_links_each(long_history, browser):
+    dashboard = long_history
+    wf_id = create_workflow(dashboard, "Many runs", [UNCLAIMABLE])
+    for _ in range(22):  # cancelled at once: a history without waiting for work
+        api_post(dashboard, f"/api/workflows/{wf_id}/run")
+        api_post(dashboard, f"/api/workflows/{wf_id}/cancel")
+    api_post(dashboard, f"/api/workflows/{wf_id}/run")  # #23 stays running
+    try:
+        open_workflow(browser, dashboard, wf_id)
+        wait(browser).until(lambda d: len(history_rows(d)) == 20)
+        rows = history_rows(browser)
+        assert [r["number"] for r in rows] == list(range(23, 3, -1))
+        assert rows[0]["status"] == "running" and rows[0]["cancel"] and rows[0]["current"]
+        assert rows[1]["status"] == "cancelled" and not rows[1]["cancel"]
+        assert {r["trigger"] for r in rows} == {"manual"}
+        assert rows[1]["when"] == "just now" and rows[1]["exact"] and rows[1]["datetime"]
+        assert "Run #23" in run_bar(browser) and "running" in run_bar(browser)
+        button(browser, "Load more runs").click()
+        wait(browser).until(lambda d: len(history_rows(d)) == 23)
+        assert [r["number"] for r in history_rows(browser)][-3:] == [3, 2, 1]
+        assert button(browser, "Load more runs") is None  # the history is complete
+
+        browser.find_element("css selector", "#runs a[href$='/runs/2']").click()
+        wait(browser).until(lambda d: d.current_url.endswith(f"/workflows/{wf_id}/runs/2"))
+        wait(browser).until(lambda d: "Run #2" in run_bar(d) and "cancelled" in run_bar(d))
+        assert box_status(browser, "wait") == "cancelled"
+        assert [r["number"] for r in history_rows(browser) if r["current"]] == [2]
+        browser.back()
+        wait(browser).until(lambda d: "Run #23" in run_bar(d))
+        assert box_status(browser, "wait") == "queued"
+
+        # While nothing changes, the history is not fetched again.
+        time.sleep(4)
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource')"
+            ".filter(e => /\\/runs\\?/.test(e.name)).length"
+        )
+        assert fetched == 2  # the first page and "load more"
+        screenshot(browser, "run-history.png")
+
+        browser.get(f"{dashboard}/workflows/{wf_id}/runs/5")  # a link to a run
+        wait(browser).until(lambda d: "Run #5" in run_bar(d))
+        assert box_status(browser, "wait") == "cancelled"
+        browser.get(f"{dashboard}/workflows/{wf_id}/runs/99")
+        wait(browser).until(
+            lambda d: "Run #99 does not exist" in d.find_element("css selector", "main").text
+        )
+    finally:
+        cancel_all(dashboard, wf_id)
+    no_console_errors(browser, allow=("404",))
+
+
+@pytest.mark.browser
+def test_rerun_failed_jobs_then_show_the_new_run(dashboard, browser):
+    open_workflow(browser, dashboard, "broken")
+    browser.find_element("css selector", "[aria-label='Run workflow Broken']").click()
+    wait(browser).until(lambda d: d.current_url.endswith("/workflows/broken/runs/1"))
+    wait(browser, 30).until(lambda d: box_status(d, "after") == "skipped")
+    wait(browser).until(lambda d: button(d, "Re-run failed jobs") is not None)
+    assert button(browser, "Re-run all jobs") is not None
+    assert button(browser, "Cancel run") is None
+    button(browser, "Re-run failed jobs").click()
+    wait(browser).until(lambda d: d.current_url.endswith("/workflows/broken/runs/2"))
+    wait(browser).until(lambda d: "Run #2" in run_bar(d) and "re-run of #1" in run_bar(d))
+    assert "rerun" in run_bar(browser)
+    wait(browser, 30).until(lambda d: box_status(d, "explode") == "failure")
+    assert box_status(browser, "prep") == "success"  # kept from run 1, not run again
+    wait(browser).until(lambda d: [r["number"] for r in history_rows(d)] == [2, 1])
+    screenshot(browser, "rerun.png")
+
+    open_workflow(browser, dashboard, "pipeline")  # a run where nothing failed
+    browser.find_element("css selector", ".wf-actions button.primary").click()
+    wait(browser, 40).until(lambda d: "success" in run_bar(d))
+    assert button(browser, "Re-run failed jobs") is None
+    button(browser, "Re-run all jobs").click()
+    wait(browser).until(lambda d: d.current_url.endswith("/workflows/pipeline/runs/2"))
+    wait(browser).until(lambda d: "Run #2" in run_bar(d))
+    cancel_all(dashboard, "pipeline")
+    no_console_errors(browser)
+
+
+INPUTS = {
+    "env_name": {"type": "choice", "options": ["staging", "prod"], "default": "staging"},
+    "dry-run": {"type": "boolean", "default": True, "description": "plan, change nothing"},
+    "replicas": {"type": "number", "required": True},
+    "note": {"type": "string"},
+}
+
+
+def form_fields(driver) -> dict:
+    """The open run form's fields by input name, in the form's order."""
+    fields = driver.execute_script(
+        """const out = [];
+        for (const f of document.querySelectorAll('dialog[open] .field')) {
+            const c = f.querySelector('input, select');
+            out.push({
+                name: f.dataset.input,
+                tag: c.tagName.toLowerCase(), type: c.type,
+                value: c.type === 'checkbox' ? c.checked : c.value,
+                options: c.tagName === 'SELECT' ? [...c.options].map(o => o.value) : null,
+                required: !!f.querySelector('.required'),
+                label: f.querySelector('label').textContent,
+                error: f.querySelector('.field-error').hidden ? null
+                    : f.querySelector('.field-error').textContent,
+                invalid: c.getAttribute('aria-invalid') === 'true',
+            });
+        }
+        return out;"""
+    )
+    return {field.pop("name"): field for field in fields}
+
+
+@pytest.mark.browser
+def test_run_form_for_declared_inputs(dashboard, browser):
+    command = 'echo "deploying $INPUT_REPLICAS to $INPUT_ENV_NAME"'
+    wf_id = create_workflow(
+        dashboard, "Deploy", [{"id": "ship", "command": command}], inputs=INPUTS
+    )
+    browser.get(dashboard + "/")
+    wait(browser).until(lambda d: len(d.find_elements("css selector", ".wf-row")) == 4)
+    browser.find_element("css selector", f"[data-workflow-id='{wf_id}'] button.primary").click()
+    wait(browser).until(lambda d: d.find_elements("css selector", "dialog[open]"))
+    fields = form_fields(browser)
+    assert list(fields) == ["env_name", "dry-run", "replicas", "note"]
+    assert fields["env_name"]["tag"] == "select" and fields["env_name"]["value"] == "staging"
+    assert fields["env_name"]["options"] == ["staging", "prod"]
+    assert fields["dry-run"]["type"] == "checkbox" and fields["dry-run"]["value"] is True
+    assert fields["replicas"]["type"] == "number" and fields["replicas"]["value"] == ""
+    assert fields["replicas"]["required"] and not fields["note"]["required"]
+    assert fields["note"]["type"] == "text"
+    assert "plan, change nothing" in browser.find_element("css selector", "dialog[open]").text
+    browser.find_element("css selector", "dialog[open] button[type='submit']").click()
+    # The server refuses the missing input; the form names it beside the field.
+    wait(browser).until(lambda d: form_fields(d)["replicas"]["error"])
+    fields = form_fields(browser)
+    assert "replicas" in fields["replicas"]["error"] and fields["replicas"]["invalid"]
+    assert fields["env_name"]["error"] is None and not fields["env_name"]["invalid"]
+    assert _get(dashboard, f"/api/workflows/{wf_id}/runs") == []
+    screenshot(browser, "run-form-error.png")
+    browser.find_element("css selector", "dialog[open] [name='replicas']").send_keys("3")
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("css selector", "dialog[open] select")).select_by_value("prod")
+    browser.find_element("css selector", "dialog[open] [name='dry-run']").click()
+    browser.find_element("css selector", "dialog[open] button[type='submit']").click()
+    wait(browser).until(lambda d: not d.find_elements("css selector", "dialog[open]"))
+    run = _get(dashboard, f"/api/workflows/{wf_id}/runs/1")
+    assert run["inputs"] == {"env_name": "prod", "dry-run": False, "replicas": 3, "note": ""}
+
+    open_workflow(browser, dashboard, wf_id, run=1)
+    wait(browser).until(lambda d: "replicas=3" in run_bar(d))
+    assert "env_name=prod" in run_bar(browser) and "dry-run=false" in run_bar(browser)
+    browser.find_element("css selector", ".wf-actions button.primary").click()
+    wait(browser).until(lambda d: d.find_elements("css selector", "dialog[open]"))
+    browser.find_element("css selector", "dialog[open] [name='replicas']").send_keys("1")
+    browser.find_element("css selector", "dialog[open] button[type='submit']").click()
+    wait(browser).until(lambda d: d.current_url.endswith(f"/workflows/{wf_id}/runs/2"))
+    no_console_errors(browser, allow=("422",))
+
+
+@pytest.mark.browser
+def test_queued_runs_show_as_queued_and_can_be_cancelled(dashboard, browser):
+    holder = create_workflow(dashboard, "Holder", [UNCLAIMABLE], concurrency="deploy")
+    waiter = create_workflow(dashboard, "Waiter", [UNCLAIMABLE], concurrency="deploy")
+    assert api_post(dashboard, f"/api/workflows/{holder}/run")["status"] == "running"
+    assert api_post(dashboard, f"/api/workflows/{waiter}/run")["status"] == "queued"
+    try:
+        browser.get(dashboard + "/")
+        wait(browser).until(lambda d: len(d.find_elements("css selector", ".wf-row")) == 5)
+        status = row_cell(browser, waiter, ".wf-status")
+        assert "#1 queued" in status and "waiting for its concurrency group" in status
+        assert cancel_enabled(browser, waiter)
+
+        open_workflow(browser, dashboard, waiter)
+        wait(browser).until(lambda d: "Waiting for its concurrency group deploy" in run_bar(d))
+        assert "queued" in run_bar(browser)
+        rows = history_rows(browser)
+        assert rows[0]["status"].startswith("queued") and rows[0]["cancel"]
+        screenshot(browser, "queued-run.png")
+        button(browser, "Cancel run").click()
+        wait(browser).until(lambda d: "cancelled" in run_bar(d))
+        assert run_status(dashboard, waiter, 1) == "cancelled"
+        wait(browser).until(lambda d: not history_rows(d)[0]["cancel"])
+        assert button(browser, "Cancel run") is None
+        assert button(browser, "Re-run all jobs") is not None
+    finally:
+        cancel_all(dashboard, holder, waiter)
+    no_console_errors(browser)

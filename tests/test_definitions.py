@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.definitions import load_definition, load_workflows_dir, parse_definition
+from actors.definitions import (
+    load_definition,
+    load_workflows_dir,
+    parse_definition,
+    parse_definition_text,
+)
 from actors.models import ExponentialBackoff, FixedBackoff
 from actors.spec import DefinitionError, JobSpec, WorkflowSpec
 
@@ -432,7 +437,7 @@ def with_job(**fields: object) -> dict[str, object]:
         ),
         (
             {"name": "T", "jobs": {"a": {"steps": [{"run": "x", "uses": "y"}]}}},
-            "job 'a' step 1 has unknown field 'uses'",
+            "job 'a' step 1 uses an action ('y'): actions are not supported",
         ),
         (
             {"name": "T", "jobs": {"a": {"steps": [{"run": "x", "name": 1}]}}},
@@ -448,6 +453,11 @@ def test_refusals_name_the_job_and_field(data: object, reason: str) -> None:
     with pytest.raises(DefinitionError) as caught:
         parse_definition("t", data)
     assert reason in str(caught.value)
+    # Written as a file, the same refusal names its line and column.
+    with pytest.raises(DefinitionError) as from_text:
+        parse_definition_text("t", yaml.safe_dump(data, allow_unicode=True))
+    assert reason in str(from_text.value)
+    assert all(p.line and p.column for p in from_text.value.problems), from_text.value.problems
 
 
 def test_bad_workflow_id_is_refused() -> None:

@@ -96,8 +96,31 @@ def test_a_real_server_serves_operations(tmp_path: Path):
             status = wfg("status", "train", url=server.url)
             assert "no live worker has labels gpu" in status.stdout, status.stdout
 
+            # The worker agent runs it for real: the job echoes its secret.
+            assert api.post("/api/workflows/deploy/run").status_code == 202
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "wfg", "worker", "--server", server.url, "--id", "agent"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while api.get("/api/workflows/deploy/status").json()["jobs"][0]["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline, "the agent did not run the job"
+                    time.sleep(0.1)
+            finally:
+                agent.terminate()
+                agent.wait(10)
+            run = api.get("/api/workflows/deploy/runs/2").json()
+            assert run["status"] == "success", run
+            logs = wfg("logs", "deploy", "deploy", url=server.url)
+            assert "***" in logs.stdout and TOKEN not in logs.stdout + logs.stderr
+
             metrics = api.get("/metrics").text
-            assert 'wfg_jobs_completed_total{workflow="deploy"} 1.0' in metrics
+            assert 'wfg_jobs_completed_total{workflow="deploy"} 2.0' in metrics
             assert 'wfg_jobs_waiting_for_worker{labels="gpu"} 1.0' in metrics
 
             # The watch looks every 5 s: one warning for the gpu jobs.

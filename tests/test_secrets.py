@@ -240,18 +240,54 @@ async def test_outputs_that_hold_a_secret_are_masked(autojump_clock):
 
 
 async def test_an_input_cannot_smuggle_in_a_secret_the_job_does_not_read(autojump_clock):
-    spec = WorkflowSpec(
+    job = JobSpec(
         id="deploy",
-        name="Deploy",
-        trigger="manual",
-        jobs=deploy().jobs[:1],
-        inputs=(InputSpec(name="note"),),
+        name="deploy",
+        command="true",
+        env={"TARGET": "${{ inputs.note }}@${{ secrets.TOKEN }}"},
     )
+    spec = WorkflowSpec("deploy", "Deploy", "manual", (job,), inputs=(InputSpec(name="note"),))
     async with open_runtime(specs=[spec], secrets=store()) as rt:
-        await rt.run_workflow("deploy", {"note": "${{ secrets.OTHER }} ${{ secrets.TOKEN }}"})
+        await rt.run_workflow("deploy", {"note": "${{ secrets.OTHER }}"})
         claim = await rt.claim("w", [])
-        assert OTHER not in str(claim.job.model_dump())
-        assert claim.job.env["INPUT_NOTE"] == f"${{{{ secrets.OTHER }}}} {TOKEN}"
+        assert OTHER not in claim.job.model_dump_json()
+        assert claim.job.env["TARGET"] == f"${{{{ secrets.OTHER }}}}@{TOKEN}"
+
+
+DEFINITION = """\
+name: Deploy
+jobs:
+  deploy:
+    env:
+      TOKEN: ${{ secrets.TOKEN }}
+    run: echo "$TOKEN"
+"""
+
+
+async def test_a_definition_reads_secrets_in_env_values_alone(autojump_clock):
+    async with open_runtime(secrets=store()) as rt:
+        app = create_app(rt)
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            created = await client.post("/api/workflows", json={"definition": DEFINITION})
+            assert created.status_code == 201, await created.get_json()
+            in_run = DEFINITION.replace('echo "$TOKEN"', "echo ${{ secrets.TOKEN }}")
+            refused = await client.post("/api/workflows", json={"definition": in_run})
+            assert refused.status_code == 422
+            error = (await refused.get_json())["error"]
+            assert "line 6" in error and "secrets may only be read in env values" in error
+            unknown = DEFINITION.replace("secrets.TOKEN", "secrets.NOPE")
+            refused = await client.post("/api/workflows", json={"definition": unknown})
+            assert refused.status_code == 422
+            assert "unknown secret 'NOPE'" in (await refused.get_json())["error"]
+
+            wf_id = (await created.get_json())["id"]
+            await rt.run_workflow(wf_id)
+            claim = await rt.claim("w", [])
+            assert claim.job.env["TOKEN"] == TOKEN
+            assert TOKEN not in claim.job.command and "export TOKEN" not in claim.job.command
+            status = await (await client.get(f"/api/workflows/{wf_id}/status")).get_data()
+            assert TOKEN.encode() not in status
 
 
 async def test_a_run_reading_a_secret_the_server_lacks_is_refused(autojump_clock):

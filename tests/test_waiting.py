@@ -18,7 +18,6 @@ from actors.models import (
     RetryPolicy,
     RunStatus,
     Waiting,
-    Workflow,
 )
 from actors.spec import ConcurrencySpec, JobSpec, WorkflowSpec
 from web import create_app
@@ -191,9 +190,8 @@ def test_wfg_status_prints_why_a_job_waits():
         ),
         Job(id="plain", name="plain", command="true"),
     ]
-    workflow = Workflow(id="w", name="w", trigger="", jobs=jobs)
     assert render.waiting_text(jobs[0], now) == "waiting 2m05s: no live worker has labels gpu,linux"
     assert render.waiting_text(jobs[1], now) == "retry in 30s (backoff)"
     assert render.waiting_text(jobs[2], now) == ""
-    lines = render.plain_lines(render.jobs_rows(workflow))
+    lines = render.plain_lines(render.jobs_rows(jobs))
     assert any("no live worker has labels gpu,linux" in line for line in lines)

@@ -4,7 +4,9 @@ The page (`web/static/`) is plain HTML, CSS and JavaScript served as package
 data, so there is no build step and no JavaScript toolchain. It reads only the
 public API. The one thing it cannot do well itself is lay out a large DAG, so
 the server does that with grandalf's Sugiyama layout behind the extension
-endpoint `GET /api/workflows/{id}/layout`.
+endpoint `GET /api/workflows/{id}/layout`, which also carries what the page
+needs of the definition and the API does not show: the declared run inputs
+(for the run form) and the concurrency group (to explain a queued run).
 
 A definition never changes once created, so a layout is computed once per
 workflow id and kept. Computing one is CPU work in pure Python: it runs in a
@@ -28,6 +30,7 @@ from quart_trio import QuartTrio
 
 from actors import Runtime
 from actors.models import ErrorBody, Job
+from actors.spec import WorkflowSpec
 
 # Box size and spacing of the drawing, in CSS pixels; the page draws boxes this size.
 NODE_WIDTH = 200
@@ -78,15 +81,31 @@ class LayoutEdge(BaseModel):
     points: list[tuple[float, float]]
 
 
+class InputField(BaseModel):
+    """A declared run input, as the run form shows it."""
+
+    name: str
+    type: str = Field(description="string, boolean, number or choice")
+    required: bool
+    default: str | bool | int | float | None
+    options: list[str] = Field(description="the choices of a `choice` input")
+    description: str
+
+
 class WorkflowLayout(BaseModel):
-    """Extension: a left-to-right layered drawing of a workflow's DAG."""
+    """Extension: a left-to-right layered drawing of a workflow's DAG, and the parts
+    of its definition the dashboard shows beside it."""
 
     workflow_id: str
-    direction: str = Field("LR", description="always LR: layers go left to right")
+    direction: str = Field(default="LR", description="always LR: layers go left to right")
     width: float
     height: float
     nodes: list[LayoutNode]
     edges: list[LayoutEdge]
+    inputs: list[InputField] = Field(default=[], description="declared run inputs, in order")
+    concurrency_group: str | None = Field(
+        default=None, description="the group its runs wait for, as declared (may hold expressions)"
+    )
 
 
 class _Box:
@@ -255,11 +274,27 @@ class LayoutCache:
             body = self._cached(workflow_id)
             if body is None:
                 layout = await trio.to_thread.run_sync(compute_layout, workflow.id, workflow.jobs)
+                self._describe(layout, await self._runtime.get_definition(workflow_id))
                 body = layout.model_dump_json()
                 self._bodies[workflow_id] = body
                 while len(self._bodies) > self._capacity:
                     self._bodies.popitem(last=False)
         return body
+
+    def _describe(self, layout: WorkflowLayout, spec: WorkflowSpec) -> None:
+        """Add the declared inputs and concurrency group (from the immutable spec)."""
+        layout.inputs = [
+            InputField(
+                name=i.name,
+                type=i.type,
+                required=i.required,
+                default=i.default,
+                options=list(i.options),
+                description=i.description,
+            )
+            for i in spec.inputs
+        ]
+        layout.concurrency_group = spec.concurrency.group if spec.concurrency else None
 
     def _cached(self, workflow_id: str) -> str | None:
         body = self._bodies.get(workflow_id)
@@ -281,7 +316,8 @@ def _static(name: str) -> Response:
 
 
 def register_dashboard(app: QuartTrio, runtime: Runtime) -> None:
-    """Serve the dashboard at `/` and `/workflows/<id>`, plus the layout endpoint."""
+    """Serve the dashboard at `/`, `/workflows/<id>` and `/workflows/<id>/runs/<number>`,
+    plus the layout endpoint."""
     dashboard = Blueprint("dashboard", __name__)
     layouts = LayoutCache(runtime)
 
@@ -296,6 +332,12 @@ def register_dashboard(app: QuartTrio, runtime: Runtime) -> None:
     async def workflow_page(workflow_id: str):
         return _static("index.html")
 
+    # A run's page, so a run can be linked; the page checks the number itself.
+    @dashboard.get("/workflows/<workflow_id>/runs/<number>")
+    @hide
+    async def run_page(workflow_id: str, number: str):
+        return _static("index.html")
+
     @dashboard.get("/static/<name>")
     @hide
     async def static_file(name: str):
@@ -307,11 +349,19 @@ def register_dashboard(app: QuartTrio, runtime: Runtime) -> None:
     @document_response(WorkflowLayout, 200)
     @document_response(ErrorBody, 404)
     async def workflow_layout(workflow_id: str):
-        """Extension: node positions and edge polylines of the DAG, layers left to right."""
+        """Extension: node positions and edge polylines of the DAG, layers left to right,
+        with the declared run inputs and concurrency group."""
         body = await layouts.get_json(workflow_id)
         return Response(body, content_type="application/json")
 
     app.register_blueprint(dashboard)
 
 
-__all__ = ["LayoutEdge", "LayoutNode", "WorkflowLayout", "compute_layout", "register_dashboard"]
+__all__ = [
+    "InputField",
+    "LayoutEdge",
+    "LayoutNode",
+    "WorkflowLayout",
+    "compute_layout",
+    "register_dashboard",
+]

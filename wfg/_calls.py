@@ -23,11 +23,14 @@ from actors.models import (
     CompleteRequest,
     ErrorBody,
     FailRequest,
-    JobCreate,
     LogChunk,
     LogChunkIn,
     LogsRequest,
     RegisterRequest,
+    RerunRequest,
+    Run,
+    RunAccepted,
+    RunRequest,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -136,27 +139,17 @@ def workflow_create(source: WorkflowSource) -> WorkflowCreate:
 
 
 def workflow_create_from_file(path: Path) -> WorkflowCreate:
-    """Load a definition file offline and turn it into a create body.
+    """The create body for a definition file: its text as written, after checking it
+    offline with the server's own reader (so a bad file fails here, with every problem).
 
-    Raises `actors.spec.DefinitionError` (or `OSError`) for a file that cannot load.
+    Raises `actors.spec.DefinitionError` for a file that cannot load.
     """
-    from actors.definitions import load_definition  # the server's own loader
+    from actors.definitions import load_definition
 
-    spec = load_definition(path)
-    workflow = spec.as_workflow()
-    jobs = [
-        JobCreate.model_validate(
-            {
-                **job.model_dump(),
-                # Extensions a definition file has and `Job` does not show.
-                "backoff": job_spec.retry_policy.backoff,
-                "timeout_secs": job_spec.timeout_secs,
-                "env": dict(job_spec.env),
-            }
-        )
-        for job, job_spec in zip(workflow.jobs, spec.jobs, strict=True)
-    ]
-    return WorkflowCreate(name=workflow.name, trigger=workflow.trigger, jobs=jobs)
+    path = Path(path)
+    load_definition(path)
+    # load_definition read it as UTF-8 already; a file changed since is the server's to judge.
+    return WorkflowCreate(definition=path.read_text(encoding="utf-8"))
 
 
 def log_chunk_in(chunk: ChunkSource) -> LogChunkIn:
@@ -187,20 +180,50 @@ def create_workflow(body: WorkflowCreate) -> Call[Workflow]:
     return Call("POST", "/api/workflows", reader(Workflow), body=body)
 
 
-def run_workflow(workflow_id: str) -> Call[None]:
-    return Call("POST", f"/api/workflows/{segment(workflow_id)}/run", ignore)
+def run_workflow(workflow_id: str, inputs: Mapping[str, Any] | None) -> Call[RunAccepted]:
+    # No inputs, no body: the contract's run takes none.
+    body = None if inputs is None else RunRequest(inputs=dict(inputs))
+    return Call(
+        "POST", f"/api/workflows/{segment(workflow_id)}/run", reader(RunAccepted), body=body
+    )
 
 
 def cancel_workflow(workflow_id: str) -> Call[None]:
     return Call("POST", f"/api/workflows/{segment(workflow_id)}/cancel", ignore)
 
 
-def logs_path(workflow_id: str, job_id: str) -> str:
-    return f"/api/workflows/{segment(workflow_id)}/jobs/{segment(job_id)}/logs"
+def run_path(workflow_id: str, number: int) -> str:
+    return f"/api/workflows/{segment(workflow_id)}/runs/{number}"
 
 
-def get_job_logs(workflow_id: str, job_id: str) -> Call[list[LogChunk]]:
-    return Call("GET", logs_path(workflow_id, job_id), reader(list[LogChunk]))
+def list_runs(workflow_id: str, limit: int | None, offset: int | None) -> Call[list[Run]]:
+    params = {k: v for k, v in (("limit", limit), ("offset", offset)) if v is not None}
+    path = f"/api/workflows/{segment(workflow_id)}/runs"
+    return Call("GET", path, reader(list[Run]), params=params)
+
+
+def get_run(workflow_id: str, number: int) -> Call[Run]:
+    return Call("GET", run_path(workflow_id, number), reader(Run))
+
+
+def rerun(workflow_id: str, number: int, failed_only: bool) -> Call[RunAccepted]:
+    body = RerunRequest(failed_only=failed_only)
+    return Call("POST", run_path(workflow_id, number) + "/rerun", reader(RunAccepted), body=body)
+
+
+def cancel_run(workflow_id: str, number: int) -> Call[RunAccepted]:
+    return Call("POST", run_path(workflow_id, number) + "/cancel", reader(RunAccepted))
+
+
+def logs_path(workflow_id: str, job_id: str, run: int | None = None) -> str:
+    """The job's log in run `run`, or in the latest run (the contract's path) when None."""
+    if run is None:
+        return f"/api/workflows/{segment(workflow_id)}/jobs/{segment(job_id)}/logs"
+    return f"{run_path(workflow_id, run)}/jobs/{segment(job_id)}/logs"
+
+
+def get_logs(workflow_id: str, job_id: str, run: int | None) -> Call[list[LogChunk]]:
+    return Call("GET", logs_path(workflow_id, job_id, run), reader(list[LogChunk]))
 
 
 def list_workers() -> Call[list[WorkerInfo]]:
@@ -251,6 +274,7 @@ def push_logs(lease_id: str, chunks: Iterable[ChunkSource]) -> Call[None]:
     return Call("POST", f"/api/jobs/{segment(lease_id)}/logs", ignore, body=body, worker=True)
 
 
-def is_cancelled(workflow_id: str, job_id: str) -> Call[bool]:
+def is_cancelled(workflow_id: str, job_id: str, run: int | None) -> Call[bool]:
     path = f"/api/jobs/{segment(workflow_id)}/{segment(job_id)}/cancelled"
-    return Call("GET", path, reader(bool), worker=True)
+    params = {} if run is None else {"run": run}
+    return Call("GET", path, reader(bool), params=params, worker=True)

@@ -17,23 +17,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from actors.models import TERMINAL_STATUSES, Job, JobStatus, LogChunk, WorkerInfo, Workflow
+from actors.models import (
+    TERMINAL_STATUSES,
+    Job,
+    JobStatus,
+    LogChunk,
+    Run,
+    RunAccepted,
+    RunStatus,
+    WorkerInfo,
+    Workflow,
+)
 
 LOG_TAIL_LINES = 20
+# What `list` and `status` say of a workflow with no run yet: its jobs' `queued`
+# would read as work waiting for a worker.
+NEVER_RUN = "never run"
 
+# By status value: a job's and a run's statuses share their names.
 _STYLE = {
-    JobStatus.queued: "dim",
-    JobStatus.running: "cyan",
-    JobStatus.success: "green",
-    JobStatus.failure: "bold red",
-    JobStatus.skipped: "dim",
-    JobStatus.cancelled: "yellow",
+    "queued": "dim",
+    "running": "cyan",
+    "success": "green",
+    "failure": "bold red",
+    "skipped": "dim",
+    "cancelled": "yellow",
 }
 _MARK = {
     JobStatus.queued: "○",
@@ -117,11 +131,32 @@ def workflow_state(workflow: Workflow) -> str:
     return "running"
 
 
-def status_counts(workflow: Workflow) -> str:
+def status_counts(jobs: Iterable[Job]) -> str:
     counts: dict[str, int] = {}
-    for job in workflow.jobs:
+    for job in jobs:
         counts[job.status.value] = counts.get(job.status.value, 0) + 1
     return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def run_duration(run: Run, now: int | None = None) -> str:
+    """How long the run ran (ended) or has been running; "" while it waits to start."""
+    if run.started_at_ms is None:
+        return ""
+    end = run.finished_at_ms if run.finished_at_ms is not None else (now or now_ms())
+    return format_duration((end - run.started_at_ms) / 1000)
+
+
+def run_origin(run: Run) -> str:
+    """What started the run: `re-run of 3`, or its trigger (`manual`, ...)."""
+    return f"re-run of {run.rerun_of}" if run.rerun_of is not None else run.trigger
+
+
+def format_inputs(inputs: dict[str, Any]) -> str:
+    """`env=prod, dry-run=true`: strings as they are, other values as JSON."""
+    return ", ".join(
+        f"{name}={value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in inputs.items()
+    )
 
 
 def format_duration(secs: float) -> str:
@@ -229,25 +264,56 @@ def plain_lines(table: Rows) -> list[str]:
 
 
 def workflows_rows(workflows: Iterable[Workflow]) -> Rows:
-    table = Rows(["ID", "NAME", "STATE", "JOBS", "TRIGGER"])
+    """Each workflow with its latest run: number, status and its jobs' statuses."""
+    table = Rows(["ID", "NAME", "RUN", "STATUS", "JOBS", "TRIGGER"])
     for wf in workflows:
-        table.add(wf.id, wf.name, workflow_state(wf), status_counts(wf), wf.trigger)
+        if wf.run is None:
+            table.add(wf.id, wf.name, "", NEVER_RUN, f"{len(wf.jobs)} job(s)", wf.trigger)
+        else:
+            status = wf.run.status.value
+            table.add(
+                wf.id,
+                wf.name,
+                str(wf.run.number),
+                status,
+                status_counts(wf.jobs),
+                wf.trigger,
+                style=_STYLE[status],
+            )
     return table
 
 
-def jobs_rows(workflow: Workflow) -> Rows:
+def jobs_rows(jobs: Sequence[Job], *, ran: bool = True) -> Rows:
+    """The jobs of a run in layer order; with `ran=False` (never run) no status."""
     table = Rows(["JOB", "NAME", "STATUS", "TIME", "ATTEMPT", "NEEDS", "OUTPUT"])
     now = now_ms()
-    for job in layered(workflow.jobs):
+    for job in layered(jobs):
         table.add(
             job.id,
             job.name,
-            job.status.value,
+            job.status.value if ran else "",
             elapsed(job, now),
             attempts(job),
             ",".join(job.depends_on),
             (job.output or "").splitlines()[0] if job.output else waiting_text(job, now),
-            style=_STYLE[job.status],
+            style=_STYLE[job.status.value] if ran else None,
+        )
+    return table
+
+
+def runs_rows(runs: Iterable[Run]) -> Rows:
+    """A workflow's run history, as `gh run list` shows it."""
+    table = Rows(["RUN", "STATUS", "TRIGGER", "STARTED", "DURATION", "RE-RUN OF"])
+    now = now_ms()
+    for run in runs:
+        table.add(
+            str(run.number),
+            run.status.value,
+            run.trigger,
+            ago(run.started_at_ms, now) if run.started_at_ms is not None else "",
+            run_duration(run, now),
+            str(run.rerun_of) if run.rerun_of is not None else "",
+            style=_STYLE[run.status.value],
         )
     return table
 
@@ -266,9 +332,33 @@ def workers_rows(workers: Iterable[WorkerInfo]) -> Rows:
     return table
 
 
-def workflow_title(workflow: Workflow) -> str:
-    trigger = f"  ({workflow.trigger})" if workflow.trigger else ""
-    return f"{workflow.name} [{workflow.id}]: {workflow_state(workflow)}{trigger}"
+def status_title(workflow: Workflow, run: Run | None) -> str:
+    """`CI [ci-1] run 3: failure (re-run of 2; inputs env=prod)`, or `CI [ci-1]: never run`."""
+    name = f"{workflow.name} [{workflow.id}]"
+    if run is None:
+        trigger = f"  ({workflow.trigger})" if workflow.trigger else ""
+        return f"{name}: {NEVER_RUN}{trigger}"
+    return f"{name} {run_line(run)}"
+
+
+def run_line(run: Run) -> str:
+    """`run 3: failure (manual; inputs env=prod): <why the run ended>`."""
+    details = run_origin(run)
+    if run.inputs:
+        details += f"; inputs {format_inputs(run.inputs)}"
+    reason = f": {run.reason}" if run.reason else ""
+    return f"run {run.number}: {run.status.value} ({details}){reason}"
+
+
+def accepted_line(accepted: RunAccepted, rerun_of: int | None = None) -> str:
+    """What `wfg run` and `wfg rerun` print: the new run's number and whether it started."""
+    name = f"run {accepted.number} of {accepted.workflow_id}"
+    origin = f" (re-run of {rerun_of})" if rerun_of is not None else ""
+    if accepted.status == RunStatus.running:
+        return f"{name} started{origin}"
+    if accepted.status == RunStatus.queued:
+        return f"{name} queued{origin}: waiting for its concurrency group"
+    return f"{name}{origin}: {accepted.status.value}"
 
 
 # --- following a run --------------------------------------------------------
@@ -277,20 +367,22 @@ def workflow_title(workflow: Workflow) -> str:
 class RunView:
     """The live view of a run: one line per job in layer order, redrawn by `rich.live`.
 
-    Spinners are kept per job so their animation does not restart on each poll.
+    Shows a `Run` under a line with its number and status, or a `Workflow`'s
+    latest run. Spinners are kept per job so their animation does not restart
+    on each poll.
     """
 
-    def __init__(self, workflow: Workflow) -> None:
-        self.workflow = workflow
+    def __init__(self, source: Workflow | Run) -> None:
+        self.source = source
         self._spinners: dict[str, Spinner] = {}
 
-    def update(self, workflow: Workflow) -> None:
-        self.workflow = workflow
+    def update(self, source: Workflow | Run) -> None:
+        self.source = source
 
     def _mark(self, job: Job) -> RenderableType:
         if job.status == JobStatus.running:
             return self._spinners.setdefault(job.id, Spinner("dots", style="cyan"))
-        return Text(_MARK[job.status], style=_STYLE[job.status])
+        return Text(_MARK[job.status], style=_STYLE[job.status.value])
 
     def __rich__(self) -> RenderableType:
         grid = Table.grid(padding=(0, 1))
@@ -300,9 +392,13 @@ class RunView:
         grid.add_column(justify="right")
         grid.add_column(style="dim")
         now = now_ms()
-        for job in layered(self.workflow.jobs):
-            status = Text(job.status.value, style=_STYLE[job.status])
+        for job in layered(self.source.jobs):
+            status = Text(job.status.value, style=_STYLE[job.status.value])
             grid.add_row(self._mark(job), job.id, status, elapsed(job, now), attempts(job))
+        if isinstance(self.source, Run):
+            run = self.source
+            title = Text(f"{run.workflow_id} {run_line(run)}", style=_STYLE[run.status.value])
+            return Group(title, grid)
         return grid
 
 
@@ -336,4 +432,17 @@ def summary_line(workflow: Workflow, secs: float) -> str:
     failed = [j.id for j in workflow.jobs if j.status == JobStatus.failure]
     state = "failed" if failed else workflow_state(workflow)
     detail = f" ({', '.join(failed)})" if failed else ""
-    return f"{workflow.id}: {state}{detail}, {status_counts(workflow)} after {took}"
+    return f"{workflow.id}: {state}{detail}, {status_counts(workflow.jobs)} after {took}"
+
+
+def run_summary_line(run: Run) -> str:
+    """The last line of a followed run, e.g. `run 3 of ci-1: failure (build), 1 failure, ...`."""
+    head = f"run {run.number} of {run.workflow_id}: {run.status.value}"
+    took = run_duration(run)
+    if run.status == RunStatus.success:
+        return f"{head}, {len(run.jobs)} job(s) in {took}"
+    failed = [j.id for j in layered(run.jobs) if j.status == JobStatus.failure]
+    detail = f" ({', '.join(failed)})" if failed else ""
+    reason = f": {run.reason}" if run.reason else ""
+    after = f" after {took}" if took else ""
+    return f"{head}{detail}{reason}, {status_counts(run.jobs)}{after}"

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from actors.models import JobStatus
+from actors.models import JobStatus, Run, RunAccepted, RunStatus
 
 from . import _render as render
 from ._errors import ClientError, ServerUnreachable, WorkflowApiError
@@ -19,14 +19,15 @@ from .client import DEFAULT_SERVER_URL, Client
 # Exit codes, also listed in `wfg --help`.
 EXIT_OK = 0
 EXIT_FAILED = 1  # an API error, a failed or cancelled run, an invalid definition
-EXIT_UNREACHABLE = 2  # no server at --server; click uses 2 for usage errors too
+EXIT_UNREACHABLE = 2  # no server at --server
+EXIT_USAGE = 2  # the command line is wrong (click's code for it too)
 EXIT_INTERRUPTED = 130  # Ctrl-C while following
 
 EPILOG = """\b
 Exit status:
-  0  success (for `run --follow`: every job succeeded)
-  1  the server answered with an error, a run failed or was cancelled,
-     or a definition file is invalid
+  0  success (for `run --follow` and `rerun --follow`: the run succeeded)
+  1  the server answered with an error, a followed run failed or was
+     cancelled, or a definition file is invalid
   2  the server cannot be reached, or the command line is wrong
   130  interrupted (Ctrl-C) while following; the run continues on the server
 
@@ -42,12 +43,38 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _usage_error(exc: click.UsageError) -> NoReturn:
+    """A wrong command line as one line too, pointing at the command's help."""
+    lines = [line.strip() for line in exc.format_message().splitlines() if line.strip()]
+    message = "; ".join(lines).rstrip(".")
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    fail(f"{message}{where}", EXIT_USAGE)
+
+
 class _Commands(click.Group):
-    """The command group, turning client errors into one line and an exit code."""
+    """The command group, turning usage and client errors into one line and an exit code."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            _usage_error(exc)
         except ServerUnreachable as exc:
             fail(str(exc), EXIT_UNREACHABLE)
         except WorkflowApiError as exc:
@@ -73,6 +100,19 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table."
+)
+run_option = click.option(
+    "--run",
+    "number",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run N instead of the latest run (see `wfg runs`).",
+)
+follow_run_option = click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Watch the run until it ends; exit 1 unless it succeeds.",
 )
 
 
@@ -112,7 +152,7 @@ def _print_json(value: Any) -> None:
 def list_command(
     state: _State, status: str | None, limit: int | None, offset: int | None, as_json: bool
 ) -> None:
-    """List workflows."""
+    """List workflows with their latest run's number and status."""
     workflows = state.client().list_workflows(limit=limit, offset=offset, status=status)
     if as_json:
         _print_json(workflows)
@@ -126,16 +166,55 @@ def list_command(
 
 @cli.command("status")
 @click.argument("workflow_id", metavar="ID")
+@run_option
 @json_option
 @pass_state
-def status_command(state: _State, workflow_id: str, as_json: bool) -> None:
-    """Show a workflow and every job's state."""
-    workflow = state.client().get_status(workflow_id)
+def status_command(state: _State, workflow_id: str, number: int | None, as_json: bool) -> None:
+    """Show a run's jobs: the latest run, or run N.
+
+    The header names the run, its status, what started it and its inputs.
+    With --json: the workflow's status, or with --run that run.
+    """
+    client = state.client()
+    run: Run | None
+    if number is not None:
+        run = client.get_run(workflow_id, number)
+        if as_json:
+            _print_json(run)
+            return
+        workflow = client.get_status(workflow_id)
+    else:
+        workflow = client.get_status(workflow_id)
+        if as_json:
+            _print_json(workflow)
+            return
+        run = client.get_run(workflow_id, workflow.run.number) if workflow.run else None
+    out = render.make_output()
+    rows = render.jobs_rows(run.jobs if run else workflow.jobs, ran=run is not None)
+    render.print_rows(out, rows, title=render.status_title(workflow, run))
+
+
+@cli.command("runs")
+@click.argument("workflow_id", metavar="ID")
+@click.option(
+    "--limit", "-L", type=click.IntRange(min=1), help="At most this many (server default 20)."
+)
+@click.option("--offset", type=click.IntRange(min=0), help="Skip this many of the newest.")
+@json_option
+@pass_state
+def runs_command(
+    state: _State, workflow_id: str, limit: int | None, offset: int | None, as_json: bool
+) -> None:
+    """List a workflow's runs, newest first."""
+    runs = state.client().list_runs(workflow_id, limit=limit, offset=offset)
     if as_json:
-        _print_json(workflow)
+        _print_json(runs)
         return
     out = render.make_output()
-    render.print_rows(out, render.jobs_rows(workflow), title=render.workflow_title(workflow))
+    if not runs:
+        out.console.print(f"no runs of {workflow_id}", markup=False)
+        return
+    render.print_rows(out, render.runs_rows(runs))
 
 
 @cli.command("workers")
@@ -157,19 +236,28 @@ def workers_command(state: _State, as_json: bool) -> None:
 @cli.command("logs")
 @click.argument("workflow_id", metavar="ID")
 @click.argument("job_id", metavar="JOB")
+@run_option
 @click.option("--follow", "-f", is_flag=True, help="Stream the log live until the job ends.")
 @json_option
 @pass_state
-def logs_command(state: _State, workflow_id: str, job_id: str, follow: bool, as_json: bool) -> None:
-    """Print a job's log (its latest run); stderr output goes to stderr.
+def logs_command(
+    state: _State,
+    workflow_id: str,
+    job_id: str,
+    number: int | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Print a job's log in the latest run, or in run N.
 
-    With --json, the log chunks: a JSON array, or with --follow one chunk per line.
+    What the job wrote to stderr goes to stderr. With --json, the log chunks:
+    a JSON array, or with --follow one chunk per line.
     """
     from ._follow import write_chunk
 
     client = state.client()
     if not follow:
-        chunks = client.get_job_logs(workflow_id, job_id)
+        chunks = client.get_logs(workflow_id, job_id, run=number)
         if as_json:
             _print_json(chunks)
             return
@@ -177,7 +265,7 @@ def logs_command(state: _State, workflow_id: str, job_id: str, follow: bool, as_
             write_chunk(chunk)
         return
     try:
-        for chunk in client.stream_logs(workflow_id, job_id):
+        for chunk in client.stream_logs(workflow_id, job_id, run=number):
             if as_json:
                 click.echo(chunk.model_dump_json())
             else:
@@ -189,52 +277,137 @@ def logs_command(state: _State, workflow_id: str, job_id: str, follow: bool, as_
 # --- changes ------------------------------------------------------------------
 
 
+def _parse_inputs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """`-i KEY=VALUE` options as the run's inputs; the server reads each value as the
+    input's declared type."""
+    inputs: dict[str, str] = {}
+    for raw in values:
+        key, sep, value = raw.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{raw!r} is not KEY=VALUE", ctx, param)
+        if not key:
+            raise click.BadParameter(f"{raw!r} has no KEY before '='", ctx, param)
+        if key in inputs:
+            raise click.BadParameter(f"input {key!r} is given twice", ctx, param)
+        inputs[key] = value
+    return inputs
+
+
 @cli.command("run")
 @click.argument("workflow_id", metavar="ID")
 @click.option(
-    "--follow",
-    "-f",
-    is_flag=True,
-    help="Watch the run until it ends; exit 1 unless every job succeeds.",
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_inputs,
+    help="An input of the run (repeatable), checked against the workflow's declared inputs.",
 )
+@follow_run_option
 @json_option
 @pass_state
-def run_command(state: _State, workflow_id: str, follow: bool, as_json: bool) -> None:
-    """Start a run of a workflow.
+def run_command(
+    state: _State, workflow_id: str, inputs: dict[str, str], follow: bool, as_json: bool
+) -> None:
+    """Start a run of a workflow, with inputs.
 
-    With --json, print the workflow's status after starting it (with --follow,
-    its final status instead of the live view).
+    Prints the run's number and whether it started or waits (queued) behind
+    its concurrency group. With --json: the API's answer, or with --follow
+    the run once it has ended.
     """
-    from ._follow import follow_run, snapshots
+    accepted = state.client().run_workflow(workflow_id, inputs or None)
+    _started(state, accepted, None, follow, as_json)
 
+
+@cli.command("rerun")
+@click.argument("workflow_id", metavar="ID")
+@click.argument("number", metavar="[NUMBER]", type=click.IntRange(min=1), required=False)
+@click.option(
+    "--failed", is_flag=True, help="Keep the jobs that succeeded; run the failed and the rest."
+)
+@follow_run_option
+@json_option
+@pass_state
+def rerun_command(
+    state: _State,
+    workflow_id: str,
+    number: int | None,
+    failed: bool,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Re-run a finished run (the latest by default).
+
+    The new run gets the next number and the same inputs. With --json: the
+    API's answer, or with --follow the new run once it has ended.
+    """
     client = state.client()
-    client.run_workflow(workflow_id)
+    if number is None:
+        latest = client.get_status(workflow_id).run
+        if latest is None:
+            fail(f"workflow '{workflow_id}' has never run: nothing to re-run", EXIT_FAILED)
+        number = latest.number
+    accepted = client.rerun(workflow_id, number, failed_only=failed)
+    _started(state, accepted, number, follow, as_json)
+
+
+def _started(
+    state: _State, accepted: RunAccepted, rerun_of: int | None, follow: bool, as_json: bool
+) -> None:
+    """Report a run just accepted; with `follow`, watch it and exit 0 iff it succeeds."""
+    from ._watch import follow_run, snapshots
+
     if not follow:
         if as_json:
-            _print_json(client.get_status(workflow_id))
+            _print_json(accepted)
         else:
-            click.echo(f"started {workflow_id}")
+            click.echo(render.accepted_line(accepted, rerun_of))
         return
+    client = state.client()
+    workflow_id, number = accepted.workflow_id, accepted.number
     try:
         if as_json:
-            *_, final = snapshots(client, workflow_id)
+            *_, final = snapshots(client, workflow_id, number)
             _print_json(final)
         else:
-            final = follow_run(client, workflow_id, render.make_output())
+            out = render.make_output()
+            out.console.print(render.accepted_line(accepted, rerun_of), markup=False)
+            final = follow_run(client, workflow_id, number, out)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped watching; {workflow_id} continues on the server", err=True)
-        click.echo(f"(wfg cancel {workflow_id} stops it)", err=True)
+        click.echo(f"\nstopped watching; run {number} of {workflow_id} continues", err=True)
+        click.echo(f"(wfg cancel {workflow_id} --run {number} stops it)", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    sys.exit(EXIT_OK if render.run_succeeded(final) else EXIT_FAILED)
+    sys.exit(EXIT_OK if final.status == RunStatus.success else EXIT_FAILED)
 
 
 @cli.command("cancel")
 @click.argument("workflow_id", metavar="ID")
+@click.option(
+    "--run",
+    "number",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Cancel run N only (queued or running).",
+)
 @pass_state
-def cancel_command(state: _State, workflow_id: str) -> None:
-    """Cancel every queued or running job of a workflow."""
-    state.client().cancel_workflow(workflow_id)
-    click.echo(f"cancelled {workflow_id}")
+def cancel_command(state: _State, workflow_id: str, number: int | None) -> None:
+    """Cancel a workflow's unfinished runs, or run N only.
+
+    Their queued or running jobs become cancelled and workers are told to stop.
+    """
+    client = state.client()
+    if number is None:
+        client.cancel_workflow(workflow_id)
+        click.echo(f"cancelled {workflow_id}")
+        return
+    answer = client.cancel_run(workflow_id, number)
+    if answer.status == RunStatus.cancelled:
+        click.echo(f"cancelled run {number} of {workflow_id}")
+    else:
+        click.echo(f"run {number} of {workflow_id} had already ended: {answer.status.value}")
 
 
 @cli.command("create")
@@ -242,7 +415,12 @@ def cancel_command(state: _State, workflow_id: str) -> None:
 @json_option
 @pass_state
 def create_command(state: _State, file: Path, as_json: bool) -> None:
-    """Create a workflow from a definition file; prints its new id."""
+    """Create a workflow from a definition file; prints its new id.
+
+    The file is checked here first (each problem printed as with `validate`),
+    then sent as it is written: the server reads it exactly as it reads
+    `WORKFLOWS_DIR`, and checks the secrets it names.
+    """
     from actors.spec import DefinitionError
 
     from ._calls import workflow_create_from_file
@@ -250,7 +428,9 @@ def create_command(state: _State, file: Path, as_json: bool) -> None:
     try:
         body = workflow_create_from_file(file)
     except DefinitionError as exc:
-        fail(f"{file}: {exc}", EXIT_FAILED)
+        for line in _problem_lines(file, exc):
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_FAILED)
     workflow = state.client().create_workflow(body)
     if as_json:
         _print_json(workflow)
@@ -265,22 +445,53 @@ def create_command(state: _State, file: Path, as_json: bool) -> None:
 def validate_command(files: tuple[Path, ...]) -> None:
     """Check definition files offline, as the server would load them.
 
-    Prints `FILE: ok` for each good file and `FILE: <reason>` on stderr for
-    each bad one; exits 1 if any is bad.
+    Prints `FILE: ok` for each good file and, on stderr, one line per problem
+    of each bad one, `FILE:LINE:COLUMN: reason`; exits 1 if any is bad. With
+    SECRETS_DIR or WFG_SECRET_<NAME> variables set, the secrets a definition
+    names must be among them; otherwise secret names are not checked.
     """
     from actors.definitions import load_definition
     from actors.spec import DefinitionError
 
+    secrets = _known_secrets()
     bad = 0
     for file in files:
         try:
-            load_definition(file)
+            load_definition(file, secrets=secrets)
         except DefinitionError as exc:
             bad += 1
-            click.echo(f"{file}: {exc}", err=True)
+            for line in _problem_lines(file, exc):
+                click.echo(line, err=True)
         else:
             click.echo(f"{file}: ok")
     sys.exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _problem_lines(file: Path, exc: Exception) -> list[str]:
+    """`FILE:LINE:COLUMN: reason` per problem (`FILE: reason` when it has no place)."""
+    lines = []
+    for problem in getattr(exc, "problems", ()):
+        where = f"{file}:{problem.line}:{problem.column}" if problem.line else str(file)
+        lines.append(f"{where}: {' '.join(problem.message.split())}")
+    return lines or [f"{file}: {exc}"]
+
+
+def _known_secrets() -> set[str] | None:
+    """The secret names this machine defines: files in SECRETS_DIR and WFG_SECRET_<NAME>
+    variables; None when neither is set (names are then not checked)."""
+    import os
+
+    prefix = "WFG_SECRET_"
+    names = {key[len(prefix) :] for key in os.environ if key.startswith(prefix) and key != prefix}
+    directory = os.environ.get("SECRETS_DIR")
+    if directory:
+        try:
+            names.update(p.name for p in Path(directory).iterdir() if p.is_file())
+        except OSError as exc:
+            fail(f"SECRETS_DIR {directory}: {exc.strerror or exc}", EXIT_FAILED)
+    elif not names:
+        return None
+    return names
 
 
 # --- the server and the worker, implemented in web/ and wfg/agent.py ------------

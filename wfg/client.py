@@ -6,8 +6,8 @@ as `WorkflowApiError`. A server that cannot be reached raises
 `ServerUnreachable`; both derive from `ClientError`.
 
     with Client("http://localhost:3000") as client:
-        for workflow in client.list_workflows():
-            client.run_workflow(workflow.id)
+        accepted = client.run_workflow("deploy", inputs={"env": "prod"})
+        run = client.get_run("deploy", accepted.number)
 
 `AsyncClient` has the same methods as coroutines and works under trio or
 asyncio; the worker agent uses it for the worker protocol.
@@ -23,7 +23,7 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from actors.models import Claim, LogChunk, WorkerInfo, Workflow
+from actors.models import Claim, LogChunk, Run, RunAccepted, WorkerInfo, Workflow
 
 from . import _calls as calls
 from ._calls import ChunkSource, WorkflowSource
@@ -168,27 +168,68 @@ class Client(_Base):
         """Create from a `WorkflowCreate`, its dict, or a definition file path."""
         return self._send(calls.create_workflow(calls.workflow_create(source)))
 
-    def run_workflow(self, workflow_id: str) -> None:
-        """Start a run (202); poll `get_status` to follow it."""
-        self._send(calls.run_workflow(workflow_id))
+    def run_workflow(
+        self, workflow_id: str, inputs: Mapping[str, Any] | None = None
+    ) -> RunAccepted:
+        """Start a run (202): its number, and `running`, or `queued` behind its
+        concurrency group.
+
+        `inputs` are checked against the workflow's declared inputs (422 names a
+        bad one); strings such as `"true"` or `"3"` are read as the declared type.
+        409 when the workflow is its own concurrency group and a run is active.
+        """
+        return self._send(calls.run_workflow(workflow_id, inputs))
 
     def cancel_workflow(self, workflow_id: str) -> None:
-        """Cancel every queued or running job of the workflow."""
+        """Cancel every unfinished run of the workflow: its queued or running jobs."""
         self._send(calls.cancel_workflow(workflow_id))
+
+    # --- runs ---
+
+    def list_runs(
+        self, workflow_id: str, *, limit: int | None = None, offset: int | None = None
+    ) -> list[Run]:
+        """The workflow's retained runs, newest first (the server's default limit is 20)."""
+        return self._send(calls.list_runs(workflow_id, limit, offset))
+
+    def get_run(self, workflow_id: str, number: int) -> Run:
+        """One run with its jobs; 404 for a run that never existed or was pruned."""
+        return self._send(calls.get_run(workflow_id, number))
+
+    def rerun(self, workflow_id: str, number: int, *, failed_only: bool = False) -> RunAccepted:
+        """Run a finished run again with its inputs, as a new run.
+
+        `failed_only` keeps the jobs that succeeded (with their outputs and logs)
+        and runs the rest. 409 while run `number` has not finished.
+        """
+        return self._send(calls.rerun(workflow_id, number, failed_only))
+
+    def cancel_run(self, workflow_id: str, number: int) -> RunAccepted:
+        """Cancel one run, queued or running; a finished run is left as it is.
+
+        The answer carries the run's status afterwards.
+        """
+        return self._send(calls.cancel_run(workflow_id, number))
 
     # --- logs ---
 
-    def get_job_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
-        """The stored log chunks of the job's latest run."""
-        return self._send(calls.get_job_logs(workflow_id, job_id))
+    def get_logs(self, workflow_id: str, job_id: str, *, run: int | None = None) -> list[LogChunk]:
+        """The job's stored log chunks in run `run` (default: the latest run)."""
+        return self._send(calls.get_logs(workflow_id, job_id, run))
 
-    def stream_logs(self, workflow_id: str, job_id: str) -> Iterator[LogChunk]:
-        """Stored chunks, then live ones, until the server ends the stream.
+    # The TypeScript client's name for the same call.
+    get_job_logs = get_logs
+
+    def stream_logs(
+        self, workflow_id: str, job_id: str, *, run: int | None = None
+    ) -> Iterator[LogChunk]:
+        """Stored chunks, then live ones, until the server ends the stream after the
+        job's last chunk. `run` picks the run (default: the latest run).
 
         The request is made on the first `next()`; close the generator (or let
         the loop finish) to drop the connection.
         """
-        with self._stream(calls.logs_path(workflow_id, job_id) + "/stream") as response:
+        with self._stream(calls.logs_path(workflow_id, job_id, run) + "/stream") as response:
             parser = EventParser()
             for line in response.iter_lines():
                 event = parser.feed(line)
@@ -244,8 +285,10 @@ class Client(_Base):
     def push_logs(self, lease_id: str, chunks: Iterable[ChunkSource]) -> None:
         self._send(calls.push_logs(lease_id, chunks))
 
-    def is_cancelled(self, workflow_id: str, job_id: str) -> bool:
-        return self._send(calls.is_cancelled(workflow_id, job_id))
+    def is_cancelled(self, workflow_id: str, job_id: str, *, run: int | None = None) -> bool:
+        """Whether the job is cancelled in run `run` (default: the latest run); a
+        worker holding a job of an older run passes the claim's `run_id`."""
+        return self._send(calls.is_cancelled(workflow_id, job_id, run))
 
 
 class AsyncClient(_Base):
@@ -301,24 +344,57 @@ class AsyncClient(_Base):
     async def create_workflow(self, source: WorkflowSource) -> Workflow:
         return await self._send(calls.create_workflow(calls.workflow_create(source)))
 
-    async def run_workflow(self, workflow_id: str) -> None:
-        await self._send(calls.run_workflow(workflow_id))
+    async def run_workflow(
+        self, workflow_id: str, inputs: Mapping[str, Any] | None = None
+    ) -> RunAccepted:
+        """Start a run; see `Client.run_workflow`."""
+        return await self._send(calls.run_workflow(workflow_id, inputs))
 
     async def cancel_workflow(self, workflow_id: str) -> None:
+        """Cancel every unfinished run of the workflow."""
         await self._send(calls.cancel_workflow(workflow_id))
+
+    # --- runs ---
+
+    async def list_runs(
+        self, workflow_id: str, *, limit: int | None = None, offset: int | None = None
+    ) -> list[Run]:
+        """The workflow's retained runs, newest first."""
+        return await self._send(calls.list_runs(workflow_id, limit, offset))
+
+    async def get_run(self, workflow_id: str, number: int) -> Run:
+        """One run with its jobs; 404 for a run that never existed or was pruned."""
+        return await self._send(calls.get_run(workflow_id, number))
+
+    async def rerun(
+        self, workflow_id: str, number: int, *, failed_only: bool = False
+    ) -> RunAccepted:
+        """Run a finished run again; see `Client.rerun`."""
+        return await self._send(calls.rerun(workflow_id, number, failed_only))
+
+    async def cancel_run(self, workflow_id: str, number: int) -> RunAccepted:
+        """Cancel one run, queued or running; see `Client.cancel_run`."""
+        return await self._send(calls.cancel_run(workflow_id, number))
 
     # --- logs ---
 
-    async def get_job_logs(self, workflow_id: str, job_id: str) -> list[LogChunk]:
-        return await self._send(calls.get_job_logs(workflow_id, job_id))
+    async def get_logs(
+        self, workflow_id: str, job_id: str, *, run: int | None = None
+    ) -> list[LogChunk]:
+        """The job's stored log chunks in run `run` (default: the latest run)."""
+        return await self._send(calls.get_logs(workflow_id, job_id, run))
 
-    async def stream_logs(self, workflow_id: str, job_id: str) -> AsyncIterator[LogChunk]:
+    get_job_logs = get_logs
+
+    async def stream_logs(
+        self, workflow_id: str, job_id: str, *, run: int | None = None
+    ) -> AsyncIterator[LogChunk]:
         """Stored chunks, then live ones, until the server ends the stream.
 
         To stop early, wrap it in `contextlib.aclosing` so the connection is
         closed at once rather than when the generator is collected.
         """
-        path = calls.logs_path(workflow_id, job_id) + "/stream"
+        path = calls.logs_path(workflow_id, job_id, run) + "/stream"
         try:
             async with self._http.stream("GET", path, **self._stream_args()) as response:
                 if not response.is_success:
@@ -366,5 +442,6 @@ class AsyncClient(_Base):
     async def push_logs(self, lease_id: str, chunks: Iterable[ChunkSource]) -> None:
         await self._send(calls.push_logs(lease_id, chunks))
 
-    async def is_cancelled(self, workflow_id: str, job_id: str) -> bool:
-        return await self._send(calls.is_cancelled(workflow_id, job_id))
+    async def is_cancelled(self, workflow_id: str, job_id: str, *, run: int | None = None) -> bool:
+        """Whether the job is cancelled in run `run` (default: the latest run)."""
+        return await self._send(calls.is_cancelled(workflow_id, job_id, run))

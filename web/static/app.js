@@ -8,8 +8,16 @@
 (() => {
   const STATUSES = ["queued", "running", "success", "failure", "skipped", "cancelled"];
   const TERMINAL = new Set(["success", "failure", "skipped", "cancelled"]);
+  // A run is `queued` (waiting for its concurrency group) or `running` until it ends.
+  const RUN_ACTIVE = new Set(["queued", "running"]);
+  // What "Re-run failed jobs" runs again: anything that did not succeed.
+  const RERUNNABLE = new Set(["failure", "cancelled", "skipped"]);
   const TOKEN_KEY = "wfg.apiToken";
   const PAGE_SIZES = [25, 50, 100, 200];
+  const RUNS_PAGE = 20;
+  // Older runs that are still queued or running change without the latest run changing;
+  // the history is refetched for them no more often than this.
+  const HISTORY_ACTIVE_MS = 3000;
   const MAX_LOG_CHARS = 2_000_000; // older output is dropped beyond this, so a chatty job stays light
 
   // --- DOM helpers ---------------------------------------------------------
@@ -58,6 +66,7 @@
     failure: ["M5.6 5.6l4.8 4.8M10.4 5.6l-4.8 4.8"],
     skipped: ["M5 8h5.5M8.5 5.8L10.7 8l-2.2 2.2"],
     cancelled: ["M4.6 11.4l6.8-6.8"],
+    never: ["M5.2 8h5.6"],
   };
 
   function statusIcon(status) {
@@ -79,6 +88,13 @@
     return svg;
   }
 
+  /** A status chip: icon and word, so the status never rests on colour alone. */
+  function statusChip(status, text = status, title = null) {
+    return h("span", { class: `chip status-${status}`, title }, statusIcon(status), text);
+  }
+
+  // --- time ------------------------------------------------------------------
+
   function formatSecs(total) {
     total = Math.max(0, Math.floor(total));
     const h_ = Math.floor(total / 3600);
@@ -93,6 +109,36 @@
     if (!ms) return "never";
     const secs = (Date.now() - ms) / 1000;
     return secs < 2 ? "just now" : `${formatSecs(secs)} ago`;
+  }
+
+  const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  const RELATIVE_UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800],
+    ["day", 86400], ["hour", 3600], ["minute", 60]];
+
+  /** "3 minutes ago", "yesterday": how GitHub and most CI pages say when. */
+  function whenText(ms) {
+    const secs = (ms - Date.now()) / 1000;
+    if (Math.abs(secs) < 45) return "just now";
+    for (const [unit, size] of RELATIVE_UNITS) {
+      if (Math.abs(secs) >= size) return relative.format(Math.round(secs / size), unit);
+    }
+    return relative.format(Math.round(secs / 60), "minute");
+  }
+
+  const exactFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+  /** A <time> showing the relative time, the exact one on hover; `tick` refreshes its text. */
+  function timeElement(ms) {
+    const el = h("time", { datetime: new Date(ms).toISOString(), title: exactFormat.format(ms) });
+    el.tick = () => setText(el, whenText(ms));
+    el.tick();
+    return el;
+  }
+
+  /** How long a run took, or has been going; empty before it started. */
+  function runDuration(run) {
+    if (!run.started_at_ms) return run.finished_at_ms ? "—" : "";
+    return formatSecs(((run.finished_at_ms || Date.now()) - run.started_at_ms) / 1000);
   }
 
   // --- toasts and connection ------------------------------------------------
@@ -277,7 +323,7 @@
     if (!document.hidden) for (const p of Poller.all) p.kick();
   });
 
-  // --- workflow summaries ----------------------------------------------------
+  // --- workflow and run summaries -------------------------------------------
 
   function counts(jobs) {
     const c = Object.fromEntries(STATUSES.map((st) => [st, 0]));
@@ -285,75 +331,274 @@
     return c;
   }
 
-  /** A run is visibly in progress: something runs, or some jobs are done while others wait. */
-  function inProgress(jobs) {
-    const c = counts(jobs);
-    return c.running > 0 || (c.queued > 0 && c.queued < jobs.length && c.cancelled === 0);
+  /**
+   * A workflow list entry's state: its latest run's status, or "never" before its
+   * first run (its jobs then read `queued` though nothing waits for a worker).
+   */
+  function workflowState(wf) {
+    if (wf.run) return wf.run.status;
+    const c = counts(wf.jobs);
+    if (c.queued === wf.jobs.length) return "never";
+    return c.cancelled ? "cancelled" : "queued"; // cancelled before any run
   }
 
-  function overall(jobs) {
-    const c = counts(jobs);
-    if (inProgress(jobs)) return "running";
-    if (c.failure) return "failure";
-    if (c.cancelled) return "cancelled";
-    if (jobs.length && c.success === jobs.length) return "success";
-    if (c.queued === jobs.length) return "queued";
-    return "skipped";
-  }
+  const isActive = (wf) => !!wf.run && RUN_ACTIVE.has(wf.run.status);
 
   function summaryChips(jobs) {
     const c = counts(jobs);
-    const chips = STATUSES.filter((st) => c[st]).map((st) =>
-      h("span", { class: `chip status-${st}`, title: `${c[st]} ${st}` }, statusIcon(st), `${c[st]} ${st}`),
-    );
+    const chips = STATUSES.filter((st) => c[st]).map((st) => statusChip(st, `${c[st]} ${st}`, `${c[st]} ${st}`));
     if (!jobs.length) chips.push(h("span", { class: "chip", text: "no jobs" }));
     return chips;
   }
 
-  function summaryKey(jobs) {
-    const c = counts(jobs);
-    return STATUSES.map((st) => c[st]).join(",");
+  function neverRunChip() {
+    return h("span", { class: "chip status-never", title: "This workflow has not run yet" },
+      statusIcon("never"), "never run");
   }
 
-  async function runWorkflow(workflow, after) {
-    try {
-      await api(`/api/workflows/${enc(workflow.id)}/run`, { method: "POST" });
-      toast(`Run started: ${workflow.name}`);
-    } catch (err) {
-      toast(err.status === 409 ? `${workflow.name}: a run is already active` : `Run failed: ${err.message}`, "error");
+  const QUEUED_RUN_HINT = "waiting for its concurrency group";
+
+  /** The chips of a list row or a run: the run's number and status, then its jobs. */
+  function workflowChips(wf) {
+    const state = workflowState(wf);
+    if (state === "never") return [neverRunChip()];
+    if (!wf.run) return summaryChips(wf.jobs);
+    const run = statusChip(wf.run.status, `#${wf.run.number} ${wf.run.status}`,
+      wf.run.status === "queued" ? `Run #${wf.run.number} is ${QUEUED_RUN_HINT}` : `Run #${wf.run.number}`);
+    run.classList.add("run-chip");
+    if (wf.run.status === "queued") return [run, h("span", { class: "muted", text: QUEUED_RUN_HINT })];
+    return [run, ...summaryChips(wf.jobs)];
+  }
+
+  function chipsKey(wf) {
+    const c = counts(wf.jobs);
+    return JSON.stringify([wf.run, STATUSES.map((st) => c[st])]);
+  }
+
+  // --- starting, cancelling and re-running runs -------------------------------
+
+  function runStartedMessage(name, accepted) {
+    return accepted.status === "queued"
+      ? `Run #${accepted.number} of ${name} queued: ${QUEUED_RUN_HINT}`
+      : `Run #${accepted.number} of ${name} started`;
+  }
+
+  function runError(name, err) {
+    return err.status === 409 ? `${name}: a run is already active` : `Run failed: ${err.message}`;
+  }
+
+  /**
+   * Start a run of `workflow`: at once when it declares no inputs, else through the
+   * run form. `inputs` is the declaration when known (null: it is fetched). Resolves
+   * to the server's answer, or null when nothing was started.
+   */
+  async function requestRun(workflow, inputs) {
+    if (inputs === null) {
+      try {
+        inputs = (await api(`/api/workflows/${enc(workflow.id)}/layout`)).inputs || [];
+      } catch (err) {
+        toast(`Run failed: ${err.message}`, "error");
+        return null;
+      }
     }
-    after();
+    if (inputs.length) return runForm.open(workflow, inputs);
+    try {
+      const accepted = await api(`/api/workflows/${enc(workflow.id)}/run`, { method: "POST" });
+      toast(runStartedMessage(workflow.name, accepted));
+      return accepted;
+    } catch (err) {
+      toast(runError(workflow.name, err), "error");
+      return null;
+    }
   }
 
-  async function cancelWorkflow(workflow, after) {
+  async function cancelWorkflow(workflow) {
     try {
       await api(`/api/workflows/${enc(workflow.id)}/cancel`, { method: "POST" });
       toast(`Cancelled: ${workflow.name}`);
     } catch (err) {
       toast(`Cancel failed: ${err.message}`, "error");
     }
-    after();
   }
 
-  function actionButtons(getWorkflow, after) {
-    const run = h("button", { type: "button", class: "btn primary", text: "Run" });
-    const cancel = h("button", { type: "button", class: "btn", text: "Cancel" });
-    run.addEventListener("click", async () => {
-      run.disabled = true;
-      await runWorkflow(getWorkflow(), after);
-      run.disabled = false;
-    });
-    cancel.addEventListener("click", async () => {
-      cancel.disabled = true;
-      await cancelWorkflow(getWorkflow(), after);
-      cancel.disabled = false;
-    });
-    const label = (workflow) => {
-      run.setAttribute("aria-label", `Run workflow ${workflow.name}`);
-      cancel.setAttribute("aria-label", `Cancel workflow ${workflow.name}`);
-    };
-    return { run, cancel, label };
+  async function cancelRun(workflowId, number) {
+    try {
+      await api(`/api/workflows/${enc(workflowId)}/runs/${number}/cancel`, { method: "POST" });
+      toast(`Run #${number} cancelled`);
+    } catch (err) {
+      toast(`Cancel failed: ${err.message}`, "error");
+    }
   }
+
+  async function rerun(workflowId, number, failedOnly) {
+    try {
+      const accepted = await api(`/api/workflows/${enc(workflowId)}/runs/${number}/rerun`, {
+        method: "POST",
+        body: failedOnly ? { failed_only: true } : undefined,
+      });
+      toast(`Run #${accepted.number} re-runs ${failedOnly ? "the failed jobs of " : ""}run #${number}`);
+      return accepted;
+    } catch (err) {
+      toast(`Re-run failed: ${err.message}`, "error");
+      return null;
+    }
+  }
+
+  /** A button that stays disabled while its action is in flight. */
+  function actionButton(text, props, action) {
+    const button = h("button", { type: "button", class: "btn", text, ...props });
+    button.addEventListener("click", async () => {
+      if (button.dataset.busy) return;
+      button.dataset.busy = "1";
+      button.disabled = true;
+      try {
+        await action();
+      } finally {
+        delete button.dataset.busy;
+        button.disabled = !!button.dataset.off;
+      }
+    });
+    /** Enable or disable it, without cutting short an action in flight. */
+    button.enable = (on) => {
+      if (on) delete button.dataset.off;
+      else button.dataset.off = "1";
+      if (!button.dataset.busy) button.disabled = !on;
+    };
+    return button;
+  }
+
+  // --- the run form ------------------------------------------------------------
+
+  /** A modal form for a workflow's declared run inputs, as GitHub's "Run workflow" asks. */
+  class RunForm {
+    constructor() {
+      this.title = h("h2", { id: "run-form-title" });
+      this.fields = h("div", { class: "fields" });
+      this.error = h("p", { class: "form-error", role: "alert", hidden: true });
+      this.submit = h("button", { type: "submit", class: "btn primary", text: "Run workflow" });
+      const dismiss = h("button", { type: "button", class: "btn", text: "Cancel" });
+      // The server checks the inputs (and names the bad one); the browser's own checks
+      // would only sometimes agree with it.
+      this.form = h("form", { class: "run-form", novalidate: true },
+        this.title, this.fields, this.error,
+        h("div", { class: "row" }, dismiss, this.submit));
+      this.dialog = h("dialog", { class: "run-dialog", "aria-labelledby": "run-form-title" }, this.form);
+      dismiss.addEventListener("click", () => this.dialog.close());
+      this.dialog.addEventListener("close", () => this.finish(null));
+      this.form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        this.send();
+      });
+      this.resolve = null;
+    }
+
+    open(workflow, inputs) {
+      if (!this.dialog.isConnected) document.body.append(this.dialog);
+      this.finish(null);
+      this.workflow = workflow;
+      setText(this.title, `Run ${workflow.name}`);
+      this.controls = new Map();
+      this.fields.replaceChildren(...inputs.map((input, i) => this.field(input, i)));
+      this.showError("");
+      this.submit.disabled = false;
+      this.dialog.showModal();
+      const first = this.fields.querySelector("input, select");
+      if (first) first.focus();
+      return new Promise((resolve) => {
+        this.resolve = resolve;
+      });
+    }
+
+    finish(answer) {
+      const resolve = this.resolve;
+      this.resolve = null;
+      if (resolve) resolve(answer);
+    }
+
+    field(input, i) {
+      const id = `run-input-${i}`;
+      const described = [];
+      const help = input.description ? h("p", { class: "help muted", id: `${id}-help`, text: input.description }) : null;
+      if (help) described.push(help.id);
+      const error = h("p", { class: "field-error", id: `${id}-error`, hidden: true });
+      described.push(error.id);
+      const common = { id, name: input.name, "aria-describedby": described.join(" "), "aria-required": input.required ? "true" : null };
+      let control;
+      if (input.type === "boolean") {
+        control = h("input", { ...common, type: "checkbox" });
+        control.checked = input.default === true || input.default === "true";
+      } else if (input.type === "choice") {
+        control = h("select", common);
+        if (input.default === null || input.default === undefined) {
+          control.append(h("option", { value: "", text: input.required ? "Choose…" : "(none)" }));
+        }
+        for (const option of input.options) control.append(h("option", { value: option, text: option }));
+        control.value = input.default === null || input.default === undefined ? "" : String(input.default);
+      } else {
+        const kind = input.type === "number" ? { type: "number", step: "any" } : { type: "text" };
+        control = h("input", { ...common, ...kind, autocomplete: "off" });
+        control.value = input.default === null || input.default === undefined ? "" : String(input.default);
+      }
+      this.controls.set(input.name, { input, control, error });
+      const label = h("label", { for: id },
+        h("span", { class: "input-name", text: input.name }),
+        input.required ? h("span", { class: "required", text: "required" }) : null,
+        h("span", { class: "input-type muted", text: input.type }));
+      const box = input.type === "boolean"
+        ? h("div", { class: "field field-check" }, control, label, help, error)
+        : h("div", { class: "field" }, label, control, help, error);
+      box.dataset.input = input.name;
+      return box;
+    }
+
+    values() {
+      const values = {};
+      for (const [name, { input, control }] of this.controls) {
+        if (input.type === "boolean") values[name] = control.checked;
+        else if (input.type === "number") {
+          // Empty: the server fills the default, or says the input is required.
+          if (control.value !== "") values[name] = Number(control.value);
+        } else if (control.value !== "" || !input.required) {
+          if (input.type !== "choice" || control.value !== "") values[name] = control.value;
+        }
+      }
+      return values;
+    }
+
+    showError(message) {
+      setText(this.error, message);
+      this.error.hidden = !message;
+      // The server names the input it refused: `input 'name' ...` or `unknown input 'name'`.
+      const named = /input '([^']+)'/.exec(message);
+      for (const [name, { control, error }] of this.controls) {
+        const bad = !!named && named[1] === name;
+        setText(error, bad ? message : "");
+        error.hidden = !bad;
+        if (bad) control.setAttribute("aria-invalid", "true");
+        else control.removeAttribute("aria-invalid");
+      }
+      if (named && this.controls.has(named[1])) this.controls.get(named[1]).control.focus();
+    }
+
+    async send() {
+      this.submit.disabled = true;
+      const workflow = this.workflow;
+      try {
+        const accepted = await api(`/api/workflows/${enc(workflow.id)}/run`, {
+          method: "POST",
+          body: { inputs: this.values() },
+        });
+        toast(runStartedMessage(workflow.name, accepted));
+        this.finish(accepted);
+        this.dialog.close();
+      } catch (err) {
+        this.showError(err.status === 422 ? err.message : runError(workflow.name, err));
+        this.submit.disabled = false;
+      }
+    }
+  }
+
+  const runForm = new RunForm();
 
   // --- workers -------------------------------------------------------------
 
@@ -361,13 +606,16 @@
     constructor() {
       this.rows = new Map();
       this.list = h("ul", { class: "workers", role: "list" });
-      this.empty = h("p", { class: "empty", text: "No workers registered. Start one with: wfg worker --server URL" });
-      this.el = h("section", { class: "card", id: "workers", "aria-labelledby": "workers-title" },
-        h("h2", { id: "workers-title", text: "Workers" }), this.empty, this.list);
+      this.loading = h("p", { class: "muted loading", text: "Loading workers…" });
+      this.empty = h("p", { class: "empty", hidden: true, text: "No workers registered. Start one with: wfg worker --server URL" });
+      this.el = h("section", { class: "card", id: "workers", "aria-labelledby": "workers-title", "aria-busy": "true" },
+        h("h2", { id: "workers-title", text: "Workers" }), this.loading, this.empty, this.list);
     }
 
     async refresh() {
       const workers = await api("/api/workers");
+      this.loading.hidden = true;
+      this.el.removeAttribute("aria-busy");
       this.empty.hidden = workers.length > 0;
       const seen = new Set();
       let busy = false;
@@ -451,17 +699,19 @@
         this.changed();
       });
       this.list = h("ul", { class: "workflows", role: "list", "aria-label": "Workflows" });
+      // Until the first answer nothing is known: neither "no workflows" nor an empty list.
+      this.loading = h("p", { class: "muted loading", text: "Loading workflows…" });
       this.empty = h("p", { class: "empty", hidden: true });
-      main.replaceChildren(
-        h("section", { class: "card", "aria-labelledby": "workflows-title" },
-          h("div", { class: "section-head" },
-            h("h1", { id: "workflows-title", text: "Workflows" }),
-            h("div", { class: "controls" }, filter, size)),
-          this.empty,
-          this.list,
-          h("div", { class: "pager" }, this.prev, this.pageInfo, this.next)),
-        this.workers.el,
-      );
+      this.pager = h("div", { class: "pager", hidden: true }, this.prev, this.pageInfo, this.next);
+      this.section = h("section", { class: "card", "aria-labelledby": "workflows-title", "aria-busy": "true" },
+        h("div", { class: "section-head" },
+          h("h1", { id: "workflows-title", text: "Workflows" }),
+          h("div", { class: "controls" }, filter, size)),
+        this.loading,
+        this.empty,
+        this.list,
+        this.pager);
+      main.replaceChildren(this.section, this.workers.el);
       this.poller = new Poller(() => this.refresh(), { fast: 2000, slow: 15000 }).start();
     }
 
@@ -482,7 +732,10 @@
     async refresh() {
       const query = `limit=${this.limit + 1}&offset=${this.offset}${this.status ? `&status=${this.status}` : ""}`;
       const [page, workersBusy] = await Promise.all([
-        api(`/api/workflows?${query}`),
+        api(`/api/workflows?${query}`).catch((err) => {
+          if (!this.loading.hidden) setText(this.loading, `Could not load workflows (${err.message}); retrying…`);
+          throw err;
+        }),
         this.workers.refresh().catch(() => false),
       ]);
       if (!page.length && this.offset > 0) {
@@ -491,6 +744,9 @@
         this.changed();
         return true;
       }
+      this.loading.hidden = true;
+      this.section.removeAttribute("aria-busy");
+      this.pager.hidden = false;
       const hasNext = page.length > this.limit;
       const workflows = page.slice(0, this.limit);
       this.prev.disabled = this.offset === 0;
@@ -505,7 +761,7 @@
       let busy = workersBusy;
       workflows.forEach((wf, i) => {
         seen.add(wf.id);
-        busy ||= inProgress(wf.jobs);
+        busy ||= isActive(wf);
         let row = this.rows.get(wf.id);
         if (!row) row = this.createRow(wf);
         row.workflow = wf;
@@ -528,11 +784,20 @@
       row.trigger = h("span", { class: "trigger" });
       row.chips = h("span", { class: "chips" });
       row.jobsCount = h("span", { class: "muted" });
-      row.actions = actionButtons(() => row.workflow, () => this.poller.kick());
+      const after = () => this.poller.kick();
+      row.runButton = actionButton("Run", { class: "btn primary" }, async () => {
+        if (await requestRun(row.workflow, null)) after();
+      });
+      row.cancel = actionButton("Cancel", {}, async () => {
+        await cancelWorkflow(row.workflow);
+        after();
+      });
       row.el = h("li", { class: "wf-row", "data-workflow-id": wf.id },
-        h("div", { class: "wf-main" }, row.name, row.trigger),
+        h("div", { class: "wf-main" }, row.name,
+          h("span", { class: "wf-id" }, h("span", { class: "muted", text: "id " }), h("code", { text: wf.id })),
+          row.trigger),
         h("div", { class: "wf-status" }, row.chips, row.jobsCount),
-        h("div", { class: "wf-actions" }, row.actions.run, row.actions.cancel));
+        h("div", { class: "wf-actions" }, row.runButton, row.cancel));
       this.rows.set(wf.id, row);
       return row;
     }
@@ -543,13 +808,16 @@
       setText(row.trigger, wf.trigger || "");
       row.trigger.hidden = !wf.trigger;
       setText(row.jobsCount, `${wf.jobs.length} job${wf.jobs.length === 1 ? "" : "s"}`);
-      row.el.dataset.status = overall(wf.jobs);
-      const key = summaryKey(wf.jobs);
+      row.el.dataset.status = workflowState(wf);
+      const key = chipsKey(wf);
       if (row.summary !== key) {
         row.summary = key;
-        row.chips.replaceChildren(...summaryChips(wf.jobs));
+        row.chips.replaceChildren(...workflowChips(wf));
       }
-      row.actions.label(wf);
+      row.runButton.setAttribute("aria-label", `Run workflow ${wf.name}`);
+      row.cancel.setAttribute("aria-label", `Cancel workflow ${wf.name}`);
+      row.cancel.enable(isActive(wf));
+      row.cancel.title = isActive(wf) ? "Cancel every queued or running run" : "No run is queued or running";
     }
   }
 
@@ -559,6 +827,7 @@
     constructor(workflowId, onClose) {
       this.workflowId = workflowId;
       this.job = null;
+      this.run = null; // the run number whose log is shown; null before the first run
       this.source = null;
       this.pending = [];
       this.flushTimer = null;
@@ -587,9 +856,10 @@
         this.log);
     }
 
-    open(job) {
+    open(job, run) {
       this.close();
       this.job = job;
+      this.run = run;
       this.el.hidden = false;
       this.update(job, true);
       this.start();
@@ -613,6 +883,7 @@
       setText(this.status, job.status);
       this.status.className = `chip status-${job.status}`;
       const bits = [`id ${job.id}`];
+      if (this.run !== null) bits.push(`run #${this.run}`);
       if (job.attempt) bits.push(`attempt ${job.attempt + 1} of ${job.max_retries + 1}`);
       if (job.required_labels.length) bits.push(`labels ${job.required_labels.join(", ")}`);
       if (job.duration_secs !== null && job.duration_secs !== undefined) bits.push(`took ${formatSecs(job.duration_secs)}`);
@@ -623,26 +894,31 @@
       if (first || !before) return;
       const wasDone = TERMINAL.has(before.status);
       const isDone = TERMINAL.has(job.status);
-      if (wasDone && !isDone) this.start(); // a new run: its logs start empty
-      else if (!wasDone && isDone && !this.source) this.fetchAll();
+      if (!wasDone && isDone) {
+        if (!this.source) this.fetchAll(); // else the stream ends by itself after the last chunk
+      } else if (wasDone && !isDone) this.start();
       else if (before.attempt !== job.attempt && !this.source) this.start();
     }
 
     base() {
-      return `/api/workflows/${enc(this.workflowId)}/jobs/${enc(this.job.id)}/logs`;
+      return `/api/workflows/${enc(this.workflowId)}/runs/${enc(this.run)}/jobs/${enc(this.job.id)}/logs`;
     }
 
     clear() {
       this.pending = [];
       this.chars = 0;
       this.received = 0;
+      this.lastAttempt = null;
+      this.lastSequence = null;
       this.log.replaceChildren();
       this.placeholder.hidden = false;
+      setText(this.placeholder, this.run === null ? "This job has not run yet." : "No log output yet.");
     }
 
     start() {
       this.stopStream();
       this.clear();
+      if (this.run === null) return;
       if (TERMINAL.has(this.job.status)) this.fetchAll();
       else this.stream();
     }
@@ -673,8 +949,8 @@
       if (generation !== this.generation || !this.job) return;
       let job = this.job;
       try {
-        const wf = await api(`/api/workflows/${enc(this.workflowId)}/status`);
-        job = wf.jobs.find((j) => j.id === this.job.id) || job;
+        const run = await api(`/api/workflows/${enc(this.workflowId)}/runs/${enc(this.run)}`);
+        job = run.jobs.find((j) => j.id === this.job.id) || job;
       } catch {
         /* keep what we know */
       }
@@ -710,12 +986,41 @@
       if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 50);
     }
 
+    /**
+     * The attempt a chunk belongs to: its `attempt` key, or (from a server that does not
+     * send one) counted from the sequence numbers, which start again at 0 each attempt.
+     */
+    attemptOf(chunk) {
+      if (Number.isInteger(chunk.attempt)) return chunk.attempt;
+      const previous = this.lastAttempt ?? 0;
+      if (this.lastSequence !== null && chunk.sequence <= this.lastSequence) return previous + 1;
+      return previous;
+    }
+
+    attemptMark(attempt) {
+      const total = this.job && this.job.max_retries ? ` of ${this.job.max_retries + 1}` : "";
+      const text = `Attempt ${attempt + 1}${total}`;
+      this.chars += text.length;
+      return h("span", { class: "attempt-mark", "data-attempt": attempt, text });
+    }
+
     flush() {
       this.flushTimer = null;
       if (!this.pending.length) return;
       const log = this.log;
       const follow = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
       for (const chunk of this.pending) {
+        const attempt = this.attemptOf(chunk);
+        if (attempt !== this.lastAttempt) {
+          // A single attempt needs no heading; once a second one starts, both get one.
+          if (this.lastAttempt === null && attempt > 0) log.append(this.attemptMark(attempt));
+          else if (this.lastAttempt !== null) {
+            if (!log.querySelector(".attempt-mark")) log.prepend(this.attemptMark(this.lastAttempt));
+            log.append(this.attemptMark(attempt));
+          }
+          this.lastAttempt = attempt;
+        }
+        this.lastSequence = chunk.sequence;
         const stream = chunk.stream === "stderr" ? "stderr" : "stdout";
         const last = log.lastElementChild;
         if (last && last.dataset.stream === stream) last.append(chunk.data);
@@ -733,15 +1038,203 @@
     }
   }
 
-  // --- one workflow: the DAG -----------------------------------------------
+  // --- one workflow: its run history ------------------------------------------
+
+  /**
+   * The runs of a workflow, newest first, a page at a time. It is refetched only when
+   * the latest run changes (the status poll tells) or, now and then, while an older
+   * run is still queued or running: never the whole history on every poll.
+   */
+  class RunHistory {
+    constructor(workflowId, onChange) {
+      this.workflowId = workflowId;
+      this.onChange = onChange;
+      this.runs = new Map(); // number -> Run; always the newest runs, without gaps
+      this.rows = new Map();
+      this.key = null;
+      this.fetchedAt = 0;
+      this.loaded = false;
+      this.exhausted = false;
+      this.latest = 0;
+      this.selected = null;
+      this.body = h("tbody");
+      this.loading = h("p", { class: "muted loading", text: "Loading runs…" });
+      this.empty = h("p", { class: "empty", hidden: true, text: "No runs yet." });
+      this.table = h("table", { class: "runs", hidden: true },
+        h("thead", {}, h("tr", {},
+          ["Run", "Status", "Trigger", "When", "Duration"].map((t) => h("th", { scope: "col", text: t })),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden", text: "Actions" })))),
+        this.body);
+      this.more = h("button", { type: "button", class: "btn", hidden: true, text: "Load more runs" });
+      this.more.addEventListener("click", async () => {
+        this.more.disabled = true;
+        try {
+          await this.loadMore();
+        } catch (err) {
+          toast(`Runs: ${err.message}`, "error");
+        }
+        this.more.disabled = false;
+      });
+      this.el = h("section", { class: "card", id: "runs", "aria-labelledby": "runs-title" },
+        h("h2", { id: "runs-title", text: "Runs" }), this.loading, this.empty, this.table,
+        h("div", { class: "pager" }, this.more));
+    }
+
+    get active() {
+      for (const run of this.runs.values()) if (RUN_ACTIVE.has(run.status)) return true;
+      return false;
+    }
+
+    base() {
+      return `/api/workflows/${enc(this.workflowId)}/runs`;
+    }
+
+    /** Bring the history up to date with `latest` (the status's `run`); true when it fetched. */
+    async refresh(latest) {
+      const key = latest ? `${latest.number}:${latest.status}` : "none";
+      this.latest = latest ? latest.number : 0;
+      const olderActive = [...this.runs.values()].some((r) => RUN_ACTIVE.has(r.status) && r.number !== this.latest);
+      const due = !this.loaded || key !== this.key || (olderActive && Date.now() - this.fetchedAt >= HISTORY_ACTIVE_MS);
+      if (!due) return false;
+      const page = await api(`${this.base()}?limit=${RUNS_PAGE}`);
+      this.key = key;
+      this.fetchedAt = Date.now();
+      const newest = this.newest();
+      const oldestOfPage = page.length ? page[page.length - 1].number : Infinity;
+      if (!this.loaded || oldestOfPage > newest + 1) {
+        // First page, or more new runs than a page: what we held no longer joins on.
+        this.runs = new Map();
+        this.exhausted = page.length < RUNS_PAGE;
+      }
+      for (const run of page) this.runs.set(run.number, run);
+      // Older runs beyond the first page that were still going: ask for each.
+      for (const run of [...this.runs.values()]) {
+        if (run.number < oldestOfPage && RUN_ACTIVE.has(run.status)) {
+          try {
+            this.runs.set(run.number, await api(`${this.base()}/${run.number}`));
+          } catch (err) {
+            if (err.status !== 404) throw err;
+            this.runs.delete(run.number);
+          }
+        }
+      }
+      this.loaded = true;
+      this.render();
+      return true;
+    }
+
+    newest() {
+      let n = 0;
+      for (const number of this.runs.keys()) n = Math.max(n, number);
+      return n;
+    }
+
+    async loadMore() {
+      // Runs started since the last refresh push everything down the server's list.
+      const offset = this.runs.size + Math.max(0, this.latest - this.newest());
+      const page = await api(`${this.base()}?limit=${RUNS_PAGE}&offset=${offset}`);
+      for (const run of page) this.runs.set(run.number, run);
+      this.exhausted = page.length < RUNS_PAGE;
+      this.render();
+    }
+
+    /** A fresher copy of a run the page fetched for itself. */
+    upsert(run) {
+      if (!this.runs.has(run.number)) return;
+      this.runs.set(run.number, run);
+      this.render();
+    }
+
+    select(number) {
+      this.selected = number;
+      for (const [n, row] of this.rows) {
+        row.el.classList.toggle("selected", n === number);
+        if (n === number) row.el.setAttribute("aria-current", "true");
+        else row.el.removeAttribute("aria-current");
+      }
+    }
+
+    render() {
+      const numbers = [...this.runs.keys()].sort((a, b) => b - a);
+      numbers.forEach((n, i) => {
+        const run = this.runs.get(n);
+        let row = this.rows.get(n);
+        if (!row) {
+          row = { el: h("tr", { "data-run": n }), key: "" };
+          this.rows.set(n, row);
+        }
+        const key = JSON.stringify([run.status, run.trigger, run.started_at_ms, run.finished_at_ms, run.rerun_of]);
+        if (row.key !== key) {
+          row.key = key;
+          this.fill(row, run);
+        }
+        if (this.body.children[i] !== row.el) this.body.insertBefore(row.el, this.body.children[i] || null);
+      });
+      for (const [n, row] of this.rows) {
+        if (!this.runs.has(n)) {
+          row.el.remove();
+          this.rows.delete(n);
+        }
+      }
+      this.loading.hidden = true;
+      this.empty.hidden = numbers.length > 0;
+      this.table.hidden = numbers.length === 0;
+      this.more.hidden = this.exhausted;
+      this.select(this.selected);
+      this.tick();
+    }
+
+    fill(row, run) {
+      const href = `/workflows/${enc(this.workflowId)}/runs/${run.number}`;
+      row.run = run;
+      row.when = timeElement(run.created_at_ms);
+      row.duration = h("td", { class: "duration" });
+      const status = h("td", { class: "run-status" }, statusChip(run.status));
+      if (run.status === "queued") status.append(" ", h("span", { class: "muted", text: QUEUED_RUN_HINT }));
+      const actions = h("td", { class: "run-actions" });
+      if (RUN_ACTIVE.has(run.status)) {
+        actions.append(actionButton("Cancel", { "aria-label": `Cancel run #${run.number}` }, async () => {
+          await cancelRun(this.workflowId, run.number);
+          this.onChange();
+        }));
+      }
+      row.el.replaceChildren(
+        h("th", { scope: "row" },
+          h("a", { href, "data-route": true, "aria-label": `Run #${run.number}`, text: `#${run.number}` }),
+          run.rerun_of ? h("span", { class: "muted rerun-of", text: ` re-run of #${run.rerun_of}` }) : null),
+        status,
+        h("td", { class: "run-trigger", text: run.trigger }),
+        h("td", {}, row.when),
+        row.duration,
+        actions);
+      row.el.dataset.status = run.status;
+    }
+
+    tick() {
+      for (const row of this.rows.values()) {
+        row.when.tick();
+        setText(row.duration, runDuration(row.run));
+      }
+    }
+  }
+
+  // --- one workflow: a run's DAG ---------------------------------------------
 
   class WorkflowView {
-    constructor(workflowId) {
+    /** `runNumber`: the run the URL names, or null to follow the latest run. */
+    constructor(workflowId, runNumber) {
       this.workflowId = workflowId;
+      this.runNumber = runNumber;
       this.workflow = null;
+      this.layout = null;
+      this.record = null; // the shown run, as GET .../runs/{number} answered
+      this.recordKey = "";
+      this.recordError = "";
+      this.shown = undefined; // the number of the run drawn; null before the first run
       this.boxes = new Map();
       this.edges = [];
       this.workers = new WorkersSection();
+      this.history = new RunHistory(workflowId, () => this.kick());
       this.panel = new LogPanel(workflowId, () => this.select(null));
     }
 
@@ -750,7 +1243,30 @@
       this.trigger = h("span", { class: "trigger" });
       this.chips = h("div", { class: "chips" });
       this.summary = "";
-      this.actions = actionButtons(() => this.workflow, () => this.poller.kick());
+      this.runButton = actionButton("Run workflow", { class: "btn primary", "aria-label": `Run workflow ${this.workflowId}` },
+        async () => {
+          const workflow = this.workflow || { id: this.workflowId, name: this.workflowId };
+          const accepted = await requestRun(workflow, this.layout ? this.layout.inputs || [] : null);
+          if (accepted) this.showRun(accepted.number);
+        });
+      this.runButton.disabled = true;
+
+      this.runTitle = h("h2", { id: "run-title", text: "Run" });
+      this.runStatus = h("span", { class: "run-state", "aria-live": "polite" });
+      this.runMeta = h("div", { class: "run-meta muted" });
+      this.runInputs = h("div", { class: "run-inputs", hidden: true });
+      this.cancelRunButton = actionButton("Cancel run", { hidden: true }, async () => {
+        await cancelRun(this.workflowId, this.shown);
+        this.kick();
+      });
+      this.rerunFailedButton = actionButton("Re-run failed jobs", { hidden: true }, () => this.rerun(true));
+      this.rerunAllButton = actionButton("Re-run all jobs", { hidden: true }, () => this.rerun(false));
+      this.runBar = h("div", { class: "run-bar", "aria-labelledby": "run-title", role: "group" },
+        h("div", { class: "run-summary" },
+          h("div", { class: "run-heading" }, this.runTitle, this.runStatus),
+          this.runMeta, this.runInputs),
+        h("div", { class: "run-buttons" }, this.cancelRunButton, this.rerunFailedButton, this.rerunAllButton));
+
       this.canvas = h("div", { class: "dag-canvas" });
       this.sizer = h("div", { class: "dag-sizer" }, this.canvas);
       this.scroller = h("div", { class: "dag-scroll", tabindex: 0, "aria-label": "Workflow graph" }, this.sizer);
@@ -765,20 +1281,27 @@
         zoomButton("100%", "Actual size", () => 1),
         zoomButton("+", "Zoom in", () => this.zoom * 1.25),
         zoomButton("Fit", "Fit graph to view", () => this.fitZoom()));
-      this.message = h("p", { class: "muted", text: "Loading…" });
+      this.message = h("p", { class: "muted loading", text: "Loading…" });
+      this.dagArea = h("div", { class: "dag-area", hidden: true }, this.scroller, this.panel.el);
+      this.dagBar = h("div", { class: "dag-bar", hidden: true }, this.chips, this.zoomBar);
+      this.runBar.hidden = true;
+      this.ident = h("p", { class: "wf-ident" },
+        h("span", { class: "wf-id" }, h("span", { class: "muted", text: "id " }), h("code", { text: this.workflowId })),
+        this.trigger);
       main.replaceChildren(
         h("section", { class: "card" },
           h("div", { class: "section-head wf-head" },
             h("div", {},
               h("a", { href: "/", "data-route": true, class: "back", text: "‹ All workflows" }),
-              this.title, this.trigger),
-            h("div", { class: "wf-actions" }, this.actions.run, this.actions.cancel)),
-          h("div", { class: "dag-bar" }, this.chips, this.zoomBar),
+              this.title, this.ident),
+            h("div", { class: "wf-actions" }, this.runButton)),
+          this.runBar,
+          this.dagBar,
           this.message,
-          h("div", { class: "dag-area" }, this.scroller, this.panel.el)),
+          this.dagArea),
+        this.history.el,
         this.workers.el,
       );
-      this.actions.run.disabled = this.actions.cancel.disabled = true;
       this.load();
       this.clock = setInterval(() => this.tickClock(), 1000);
     }
@@ -790,31 +1313,42 @@
       this.stopped = true;
     }
 
+    kick() {
+      if (this.poller) this.poller.kick();
+    }
+
+    /** Show run `number` (null: follow the latest), and say so in the address bar. */
+    showRun(number, push = true) {
+      if (push) {
+        const path = `/workflows/${enc(this.workflowId)}${number === null ? "" : `/runs/${number}`}`;
+        if (location.pathname !== path) history.pushState(null, "", path);
+      }
+      this.runNumber = number;
+      this.kick();
+    }
+
+    async rerun(failedOnly) {
+      const accepted = await rerun(this.workflowId, this.shown, failedOnly);
+      if (accepted) this.showRun(accepted.number);
+    }
+
     async load() {
-      let workflow;
       let layout;
       try {
-        [workflow, layout] = await Promise.all([
-          api(`/api/workflows/${enc(this.workflowId)}/status`),
-          api(`/api/workflows/${enc(this.workflowId)}/layout`),
-        ]);
+        layout = await api(`/api/workflows/${enc(this.workflowId)}/layout`);
       } catch (err) {
         setText(this.message, err.status === 404 ? `No workflow with id “${this.workflowId}”.` : `Could not load: ${err.message}`);
         if (err.status !== 404 && !this.stopped) setTimeout(() => !this.stopped && this.load(), 3000);
         return;
       }
       if (this.stopped) return;
-      this.message.hidden = true;
-      this.actions.run.disabled = this.actions.cancel.disabled = false;
-      this.build(layout, workflow);
-      this.apply(workflow);
-      this.workers.refresh().catch(() => false);
-      this.poller = new Poller(() => this.refresh(), { fast: 1000, slow: 10000 });
-      setTimeout(() => this.poller.start(), 1000);
+      this.layout = layout;
+      this.build(layout);
+      this.runButton.disabled = false;
+      this.poller = new Poller(() => this.refresh(), { fast: 1000, slow: 10000 }).start();
     }
 
-    build(layout, workflow) {
-      const jobs = new Map(workflow.jobs.map((j) => [j.id, j]));
+    build(layout) {
       this.canvas.style.width = `${layout.width}px`;
       this.canvas.style.height = `${layout.height}px`;
       this.layoutSize = [layout.width, layout.height];
@@ -835,12 +1369,7 @@
         this.edges.push({ el: path, source: edge.source, target: edge.target });
       }
       const nodes = h("div", { class: "nodes" });
-      for (const node of layout.nodes) {
-        const job = jobs.get(node.id);
-        if (!job) continue;
-        const box = this.createBox(job, node);
-        nodes.append(box.el);
-      }
+      for (const node of layout.nodes) nodes.append(this.createBox(node).el);
       this.canvas.replaceChildren(svg, nodes);
     }
 
@@ -859,15 +1388,15 @@
       return Math.min(1, fit);
     }
 
-    createBox(job, node) {
+    /** A job's box; its text and status come with the run's jobs (`apply`). */
+    createBox(node) {
       const box = { job: null, key: "" };
       box.icon = h("span", { class: "job-icon" });
-      box.name = h("span", { class: "job-name", text: job.name });
+      box.name = h("span", { class: "job-name", text: node.id });
       box.time = h("span", { class: "job-time" });
       box.attempt = h("span", { class: "job-attempt", hidden: true });
-      box.labels = h("span", { class: "job-labels" },
-        job.required_labels.map((l) => h("span", { class: "label", text: l })));
-      box.el = h("button", { type: "button", class: "job", "data-job-id": job.id, title: `${job.name}\n${job.command}` },
+      box.labels = h("span", { class: "job-labels" });
+      box.el = h("button", { type: "button", class: "job", "data-job-id": node.id, disabled: true },
         h("span", { class: "job-head" }, box.icon, box.name),
         h("span", { class: "job-meta" }, box.time, box.attempt, box.labels));
       Object.assign(box.el.style, {
@@ -876,8 +1405,8 @@
         width: `${node.width}px`,
         height: `${node.height}px`,
       });
-      box.el.addEventListener("click", () => this.select(job.id));
-      this.boxes.set(job.id, box);
+      box.el.addEventListener("click", () => this.select(node.id));
+      this.boxes.set(node.id, box);
       return box;
     }
 
@@ -887,47 +1416,121 @@
         this.workers.refresh().catch(() => false),
       ]);
       if (this.stopped) return false;
-      const changed = this.apply(workflow);
-      return changed || inProgress(workflow.jobs);
+      this.workflow = workflow;
+      this.applyHeader(workflow);
+      const latest = workflow.run || null;
+      const target = this.runNumber ?? (latest ? latest.number : null);
+      const isLatest = !!latest && target === latest.number;
+      let jobs = workflow.jobs;
+      let status = latest ? latest.status : null;
+      if (target !== null) {
+        // The latest run's jobs come with the status; its record (times, inputs) is
+        // fetched when its status changes. Another run is fetched while it is going.
+        const key = isLatest ? `${latest.number}:${latest.status}` : "";
+        const record = this.record && this.record.number === target ? this.record : null;
+        const stale = !record || (isLatest ? this.recordKey !== key : RUN_ACTIVE.has(record.status));
+        // A run the server said does not exist is not asked for again, unless it is
+        // the latest now (a link to a run opened before it started).
+        const missing = this.recordErrorFor === target && !isLatest;
+        if (stale && !missing) {
+          try {
+            this.record = await api(`/api/workflows/${enc(this.workflowId)}/runs/${enc(target)}`);
+            this.recordKey = key;
+            this.recordError = "";
+            this.recordErrorFor = null;
+            this.history.upsert(this.record);
+          } catch (err) {
+            if (err.status !== 404 && err.status !== 400) throw err;
+            this.record = null;
+            this.recordError = err.status === 404 ? `Run #${target} does not exist (or is no longer kept).` : err.message;
+            this.recordErrorFor = target;
+          }
+          if (this.stopped) return false;
+        }
+        if (this.recordErrorFor !== target) this.recordError = "";
+        if (!isLatest) {
+          jobs = this.record && this.record.number === target ? this.record.jobs : null;
+          status = jobs ? this.record.status : null;
+        }
+      }
+      await this.history.refresh(latest).catch((err) => console.warn(err));
+      if (this.stopped) return false;
+      const changed = this.applyRun(target, status, jobs);
+      return changed || RUN_ACTIVE.has(status) || this.history.active;
     }
 
-    /** Patch the page to `workflow`'s state; true when anything changed. */
-    apply(workflow) {
-      this.workflow = workflow;
-      document.title = `${workflow.name} · workflow-graph`;
+    applyHeader(workflow) {
       setText(this.title, workflow.name);
       setText(this.trigger, workflow.trigger || "");
-      this.actions.label(workflow);
+      this.trigger.hidden = !workflow.trigger;
+      this.runButton.setAttribute("aria-label", `Run workflow ${workflow.name}`);
+    }
+
+    /** Draw run `target` (`status`, `jobs`); true when anything changed. */
+    applyRun(target, status, jobs) {
+      const workflow = this.workflow;
+      document.title = `${workflow.name}${target === null ? "" : ` · run #${target}`} · workflow-graph`;
+      this.history.select(target);
       let changed = false;
-      const key = summaryKey(workflow.jobs);
+      if (target !== this.shown) {
+        this.shown = target;
+        this.summary = "";
+        for (const box of this.boxes.values()) box.key = "";
+        changed = true;
+      }
+      this.message.hidden = !!jobs;
+      setText(this.message, jobs ? "" : this.recordError || "Loading…");
+      this.dagArea.hidden = !jobs;
+      this.dagBar.hidden = !jobs;
+      this.runBar.hidden = false;
+      this.updateRunBar(target, status, jobs);
+      if (!jobs) {
+        if (this.selected) this.select(null);
+        return changed;
+      }
+      const key = JSON.stringify([target, counts(jobs)]);
       if (key !== this.summary) {
         this.summary = key;
-        this.chips.replaceChildren(...summaryChips(workflow.jobs));
+        this.chips.replaceChildren(...(target === null ? [] : summaryChips(jobs)));
         changed = true;
       }
       const statusOf = new Map();
-      for (const job of workflow.jobs) {
+      for (const job of jobs) {
         statusOf.set(job.id, job.status);
         const box = this.boxes.get(job.id);
         if (!box) continue;
-        const jobKey = JSON.stringify([job.status, job.attempt, job.started_at, job.duration_secs, job.name]);
+        const jobKey = JSON.stringify([job.status, job.attempt, job.started_at, job.duration_secs, job.name, job.required_labels]);
         box.job = job;
         if (jobKey === box.key) continue;
         box.key = jobKey;
         changed = true;
+        box.el.disabled = false;
         box.el.dataset.status = job.status;
-        box.el.className = `job status-${job.status}${this.selected === job.id ? " selected" : ""}`;
-        if (box.icon.dataset.status !== job.status) {
-          box.icon.dataset.status = job.status;
-          box.icon.replaceChildren(statusIcon(job.status));
+        // Before the first run every job reads `queued`, though nothing waits for a worker.
+        const look = target === null ? "never" : job.status;
+        box.el.className = `job status-${look}${this.selected === job.id ? " selected" : ""}`;
+        box.el.title = `${job.name}\n${job.command}`;
+        if (box.icon.dataset.status !== look) {
+          box.icon.dataset.status = look;
+          box.icon.replaceChildren(statusIcon(look));
         }
         setText(box.name, job.name);
+        if (box.labels.dataset.key !== job.required_labels.join("\n")) {
+          box.labels.dataset.key = job.required_labels.join("\n");
+          box.labels.replaceChildren(...job.required_labels.map((l) => h("span", { class: "label", text: l })));
+        }
         box.attempt.hidden = !job.attempt;
         setText(box.attempt, job.attempt ? `attempt ${job.attempt + 1}/${job.max_retries + 1}` : "");
         this.updateTime(box);
         const retry = job.attempt ? `, attempt ${job.attempt + 1}` : "";
-        box.el.setAttribute("aria-label", `Job ${job.name}: ${job.status}${retry}. Show logs`);
-        if (this.panel.jobId === job.id) this.panel.update(job);
+        const state = target === null ? "not run yet" : job.status;
+        box.el.setAttribute("aria-label", `Job ${job.name}: ${state}${retry}. Show logs`);
+      }
+      if (this.panel.jobId) {
+        const job = jobs.find((j) => j.id === this.panel.jobId);
+        if (!job) this.select(null);
+        else if (this.panel.run !== target) this.panel.open(job, target); // another run: its own log
+        else this.panel.update(job);
       }
       for (const edge of this.edges) {
         const src = statusOf.get(edge.source);
@@ -936,6 +1539,69 @@
         if (edge.el.getAttribute("class") !== cls) edge.el.setAttribute("class", cls);
       }
       return changed;
+    }
+
+    updateRunBar(target, status, jobs) {
+      const record = this.record && this.record.number === target ? this.record : null;
+      const key = JSON.stringify([target, status, this.recordError, jobs && counts(jobs),
+        record && [record.status, record.started_at_ms, record.finished_at_ms, record.reason]]);
+      if (key === this.runBarKey) return;
+      this.runBarKey = key;
+      this.runWhen = null;
+      this.runDuration = null;
+      const finished = !!status && !RUN_ACTIVE.has(status);
+      if (target === null) {
+        setText(this.runTitle, "Not run yet");
+        this.runStatus.replaceChildren(neverRunChip());
+        this.runMeta.replaceChildren(h("span", { text: "Start it with “Run workflow”." }));
+      } else {
+        setText(this.runTitle, `Run #${target}`);
+        this.runStatus.replaceChildren(...(status ? [statusChip(status)] : []));
+        const meta = [];
+        if (status === "queued") {
+          const group = this.layout && this.layout.concurrency_group;
+          meta.push(h("span", { class: "queued-hint" },
+            "Waiting for its concurrency group", group ? [" ", h("code", { text: group })] : null));
+        }
+        if (record) {
+          meta.push(h("span", {}, "trigger ", h("strong", { class: "run-trigger", text: record.trigger })));
+          meta.push(h("span", {}, "created ", (this.runWhen = timeElement(record.created_at_ms))));
+          this.runDuration = h("span", { class: "run-duration" });
+          meta.push(this.runDuration);
+          if (record.rerun_of) {
+            meta.push(h("span", {}, "re-run of ",
+              h("a", { href: `/workflows/${enc(this.workflowId)}/runs/${record.rerun_of}`, "data-route": true, text: `#${record.rerun_of}` })));
+          }
+          if (record.reason) meta.push(h("span", { class: "run-reason", text: record.reason }));
+        } else if (this.recordError) meta.push(h("span", { text: this.recordError }));
+        this.runMeta.replaceChildren(...meta); // the CSS puts the dots between them
+      }
+      const inputs = record ? Object.entries(record.inputs || {}) : [];
+      this.runInputs.hidden = !inputs.length;
+      this.runInputs.replaceChildren(h("span", { class: "muted", text: "Inputs " }),
+        ...inputs.map(([name, value]) => h("code", { class: "run-input", text: `${name}=${typeof value === "string" ? value : JSON.stringify(value)}` })));
+      const active = RUN_ACTIVE.has(status);
+      this.cancelRunButton.hidden = !active;
+      this.cancelRunButton.enable(active);
+      this.cancelRunButton.setAttribute("aria-label", `Cancel run #${target}`);
+      const failed = finished && !!jobs && jobs.some((j) => RERUNNABLE.has(j.status));
+      this.rerunFailedButton.hidden = !failed;
+      this.rerunFailedButton.enable(failed);
+      this.rerunAllButton.hidden = !finished;
+      this.rerunAllButton.enable(finished);
+      this.tickRunBar();
+    }
+
+    tickRunBar() {
+      const record = this.record && this.record.number === this.shown ? this.record : null;
+      if (this.runWhen) this.runWhen.tick();
+      if (this.runDuration && record) {
+        const took = runDuration(record);
+        let text = "";
+        if (took) text = record.finished_at_ms ? `took ${took}` : `running for ${took}`;
+        setText(this.runDuration, text);
+        this.runDuration.hidden = !text;
+      }
     }
 
     updateTime(box) {
@@ -950,6 +1616,8 @@
 
     tickClock() {
       for (const box of this.boxes.values()) if (box.job && box.job.status === "running") this.updateTime(box);
+      this.tickRunBar();
+      this.history.tick();
     }
 
     select(jobId) {
@@ -962,7 +1630,7 @@
       } else {
         const box = this.boxes.get(jobId);
         box.el.classList.add("selected");
-        this.panel.open(box.job);
+        this.panel.open(box.job, this.shown);
       }
       for (const edge of this.edges) {
         edge.el.classList.toggle("highlight", !!jobId && (edge.source === jobId || edge.target === jobId));
@@ -986,19 +1654,34 @@
 
   let view = null;
 
+  /** The workflow id and run number (null: none) of a page path, or null for the list. */
+  function parsePath(pathname) {
+    const match = pathname.match(/^\/workflows\/([^/]+)(?:\/runs\/([^/]+))?\/?$/);
+    if (!match) return null;
+    const decode = (part) => {
+      try {
+        return decodeURIComponent(part);
+      } catch {
+        return part;
+      }
+    };
+    let run = null;
+    if (match[2] !== undefined) {
+      const raw = decode(match[2]);
+      run = /^\d{1,15}$/.test(raw) ? Number(raw) : raw; // anything else: the server says why not
+    }
+    return { id: decode(match[1]), run };
+  }
+
   function route() {
+    const target = parsePath(location.pathname);
+    if (target && view instanceof WorkflowView && view.workflowId === target.id) {
+      view.showRun(target.run, false); // another run of the same workflow: keep the drawing
+      return;
+    }
     if (view) view.destroy();
     const main = document.getElementById("main");
-    const match = location.pathname.match(/^\/workflows\/([^/]+)\/?$/);
-    let id = null;
-    if (match) {
-      try {
-        id = decodeURIComponent(match[1]);
-      } catch {
-        id = match[1];
-      }
-    }
-    view = id !== null ? new WorkflowView(id) : new ListView();
+    view = target ? new WorkflowView(target.id, target.run) : new ListView();
     view.mount(main);
     if (location.hash === "#workers") {
       requestAnimationFrame(() => document.getElementById("workers").scrollIntoView());
@@ -1013,9 +1696,10 @@
       if (target) target.scrollIntoView();
       return;
     }
+    const sameWorkflow = view instanceof WorkflowView && parsePath(url.pathname)?.id === view.workflowId;
     history.pushState(null, "", url.href);
     route();
-    window.scrollTo(0, 0);
+    if (!sameWorkflow) window.scrollTo(0, 0);
   }
 
   document.addEventListener("click", (event) => {
@@ -1027,7 +1711,8 @@
   });
 
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && view instanceof WorkflowView && view.selected) view.select(null);
+    if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
+    if (view instanceof WorkflowView && view.selected) view.select(null);
   });
 
   window.addEventListener("popstate", route);
