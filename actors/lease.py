@@ -200,7 +200,7 @@ class LeaseActor(Actor):
         lease = self.lease
         return {
             "workflow_id": lease.workflow_id,
-            "run": self._run_id,
+            "run_id": self._run_id,
             "job_id": lease.job_id,
             "lease_id": lease.lease_id,
         }

@@ -430,7 +430,7 @@ class WorkflowActor(Actor):
                     self.spec.id,
                     m.number,
                     live.state.jobs[m.job_id].output,
-                    extra={"workflow_id": self.spec.id, "run": m.number, "job_id": m.job_id},
+                    extra={"workflow_id": self.spec.id, "run_id": m.number, "job_id": m.job_id},
                 )
         else:
             job = live.state.jobs.get(m.job_id)

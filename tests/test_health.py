@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from pathlib import Path
 
+import trio
+
 from actors import open_runtime
+from actors.models import RetryPolicy
+from actors.spec import JobSpec, WorkflowSpec
 from web import create_app
+from web.server import log_formatter
 
 
 async def get(app, path: str):
@@ -42,3 +50,35 @@ async def test_not_ready_when_the_store_takes_no_writes(tmp_path: Path):
         assert body["error"].startswith("the change could not be stored")
         rt._system.journal.store._db.execute("PRAGMA query_only = OFF")
         assert (await get(app, "/readyz"))[0] == 200
+
+
+async def test_json_log_lines_carry_the_ids_they_are_about():
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(log_formatter("json"))
+    logger = logging.getLogger("workflow_graph")
+    logger.addHandler(handler)
+    try:
+        async with open_runtime(specs=[one_job()]) as rt:
+            await rt.run_workflow("ci")
+            claim = await rt.claim("w1", [], lease_ttl_secs=1)
+            with trio.fail_after(5):
+                while (await rt.get_status("ci")).jobs[0].attempt == 0:
+                    await trio.sleep(0.05)
+    finally:
+        logger.removeHandler(handler)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    (expiry,) = [r for r in records if "expired" in r["message"]]
+    assert expiry["level"] == "WARNING" and expiry["logger"] == "workflow_graph"
+    assert {k: expiry[k] for k in ("workflow_id", "run_id", "job_id", "lease_id")} == {
+        "workflow_id": "ci",
+        "run_id": 1,
+        "job_id": "build",
+        "lease_id": claim.lease.lease_id,
+    }
+    assert expiry["time"].endswith("+00:00")
+
+
+def one_job() -> WorkflowSpec:
+    job = JobSpec(id="build", name="build", command="make", retry_policy=RetryPolicy(max_retries=1))
+    return WorkflowSpec(id="ci", name="CI", trigger="manual", jobs=(job,))

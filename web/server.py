@@ -314,23 +314,25 @@ async def _main(settings: ServerSettings) -> None:
             stop.set()
 
 
-def configure_logging(log_format: str) -> None:
-    """The server's own log on stderr: plain lines, or (`json`) one JSON object per
-    line with `time`, `level`, `logger`, `message` and the ids a line carries."""
-    handler = logging.StreamHandler()
+def log_formatter(log_format: str) -> logging.Formatter:
+    """Plain `logger: LEVEL: message` lines, or (`json`) one JSON object per line with
+    `time`, `level`, `logger`, `message` and the ids a line carries (`extra=`)."""
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(
-            JsonFormatter(
-                "{levelname}{name}{message}",
-                style="{",
-                rename_fields={"levelname": "level", "name": "logger"},
-                timestamp="time",
-            )
+        return JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
         )
-    else:
-        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    return logging.Formatter("%(name)s: %(levelname)s: %(message)s")
+
+
+def configure_logging(log_format: str) -> None:
+    """The server's own log, on stderr, in `log_format`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter(log_format))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
