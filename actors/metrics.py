@@ -96,6 +96,7 @@ class Metrics:
         self.workflow = BoundedLabel(max_workflows)
         self.label_set = BoundedLabel(max_label_sets)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         wf = ["workflow"]
         self._enqueued = Counter(
@@ -213,9 +214,16 @@ class Metrics:
             self.run_finished(run.workflow_id, run.status.value)
 
     def http_request(self, route: str, method: str, status: int, secs: float) -> None:
-        method = method if method in HTTP_METHODS else OTHER
-        self._child(self._http, route, method, str(status)).inc()
-        self._child(self._http_latency, route, method).observe(secs)
+        # On every request of the worker protocol: one dict lookup, then two updates.
+        key = (route, method if method in HTTP_METHODS else OTHER, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self._http.labels(key[0], key[1], str(status)),
+                self._http_latency.labels(key[0], key[1]),
+            )
+        children[0].inc()
+        children[1].observe(secs)
 
     # --- scrape -------------------------------------------------------------------
 
