@@ -99,13 +99,13 @@ class WaitingWatch:
                 continue
             # Covered (or empty) at the last look: it started waiting after it.
             self.since[labels] = max(oldest_ms, self.last_look_ms)
-            shown = ", ".join(sorted(labels)) or "(none)"
-            log.warning(
-                "%d queued job(s) need a worker with labels [%s] and no live worker has them",
-                count,
-                shown,
-                extra={"labels": sorted(labels), "jobs": count},
-            )
+            if labels:
+                shown = ", ".join(sorted(labels))
+                message = f"need a worker with labels [{shown}] and no live worker has them"
+            else:
+                message = "wait for a worker and no live worker is registered"
+            ids = {"labels": sorted(labels), "jobs": count}
+            log.warning("%d queued job(s) %s", count, message, extra=ids)
         self.last_look_ms = now_ms
 
 

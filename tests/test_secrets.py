@@ -209,8 +209,8 @@ async def test_the_claim_alone_carries_the_value_and_logs_are_masked(autojump_cl
 
             job = (await rt.get_status("deploy")).jobs[0]
             assert job.output == f"exit code 1: {MASK}"
-            views = [
-                await (await client.get(path)).get_data(as_text=True)
+            answers = [
+                await client.get(path)
                 for path in (
                     "/api/workflows/deploy/status",
                     "/api/workflows",
@@ -224,6 +224,8 @@ async def test_the_claim_alone_carries_the_value_and_logs_are_masked(autojump_cl
                     "/openapi.json",
                 )
             ]
+            assert [a.status_code for a in answers] == [200] * len(answers)
+            views = [await a.get_data(as_text=True) for a in answers]
             for text in views:
                 assert TOKEN not in text
             assert '"DEPLOY_TOKEN":"***"' in views[-1].replace(" ", "")
