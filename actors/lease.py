@@ -237,6 +237,7 @@ class LeaseActor(Actor):
                         data=text,
                         timestamp_ms=now_ms(),
                         stream=stream,
+                        attempt=self.attempt,
                     )
                 )
         self._held.clear()

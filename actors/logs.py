@@ -6,6 +6,11 @@ run); older runs' logs are read back from the store. A subscriber gets a
 replay of what is stored and a channel of what follows; the channel closes
 once the job reaches a terminal status, after its last chunk, so a stream
 ends by itself.
+
+Every chunk of a job's run gets an index, counting from 0 in the order chunks
+arrive, across the job's attempts. An index stays the same when older chunks
+are trimmed for the size limit and when the server restarts, so a log stream
+can resume after the last index a reader saw.
 """
 
 from __future__ import annotations
@@ -21,45 +26,59 @@ from .models import LogChunk, LogStream
 from .store import put_log
 
 JobKey = tuple[str, int, str]  # (workflow_id, run number, job_id)
+# A chunk with its index in the run.
+Indexed = tuple[int, LogChunk]
 
 
 @dataclass(slots=True)
 class JobLog:
     chunks: list[LogChunk] = field(default_factory=list)
+    # The index of `chunks[0]`: how many chunks the size limit has trimmed.
+    first_index: int = 0
     bytes: int = 0
     dropped_bytes: int = 0
     ended: bool = False
-    subscribers: list[trio.MemorySendChannel[LogChunk]] = field(default_factory=list)
+    subscribers: list[trio.MemorySendChannel[Indexed]] = field(default_factory=list)
 
 
-def kept(log: JobLog) -> list[LogChunk]:
-    """The stored chunks, led by a notice when the head was dropped for the size limit."""
-    if not log.dropped_bytes or not log.chunks:
-        return list(log.chunks)
-    first = log.chunks[0]
-    notice = first.model_copy(
+def kept(log: JobLog, after: int = -1) -> list[Indexed]:
+    """The stored chunks after index `after`, led by a notice if trimmed ones are missed.
+
+    The notice carries the index of the last trimmed chunk, so a reader resuming
+    after it does not see it twice.
+    """
+    chunks = [(log.first_index + i, c) for i, c in enumerate(log.chunks)]
+    start = max(0, after + 1 - log.first_index)
+    if not log.dropped_bytes or not log.chunks or after >= log.first_index - 1:
+        return chunks[start:]
+    notice = log.chunks[0].model_copy(
         update={
             "data": f"[workflow-graph: {log.dropped_bytes} earlier bytes of this log dropped"
             " (limit max_log_bytes_per_job)]\n",
             "stream": LogStream.stderr,
         }
     )
-    return [notice, *log.chunks]
+    return [(log.first_index - 1, notice), *chunks]
 
 
 def trim(log: JobLog, max_bytes: int) -> None:
     """Past the per-job limit keep the tail; `kept` says what was dropped."""
-    while len(log.chunks) > 1 and log.bytes > max_bytes:
-        dropped = log.chunks.pop(0)
-        log.bytes -= len(dropped.data)
-        log.dropped_bytes += len(dropped.data)
+    count = 0
+    while count < len(log.chunks) - 1 and log.bytes > max_bytes:
+        size = len(log.chunks[count].data)
+        log.bytes -= size
+        log.dropped_bytes += size
+        count += 1
+    # One slice for the lot: a log of many small chunks is not shifted once per chunk.
+    del log.chunks[:count]
+    log.first_index += count
 
 
-def stored_log(chunks: list[LogChunk], max_bytes: int) -> list[LogChunk]:
+def stored_log(chunks: list[LogChunk], max_bytes: int, after: int = -1) -> list[Indexed]:
     """A log read back from the store, kept as the actor would have kept it."""
     log = JobLog(chunks=chunks, bytes=sum(len(c.data) for c in chunks))
     trim(log, max_bytes)
-    return kept(log)
+    return kept(log, after)
 
 
 # --- messages ---------------------------------------------------------------
@@ -112,12 +131,14 @@ class ReadLog:
 @dataclass(slots=True)
 class Subscribe:
     key: JobKey
+    # Replay only the chunks after this index (a resumed stream); -1 replays all.
+    after: int = -1
 
 
 @dataclass(slots=True)
 class Subscription:
-    replay: list[LogChunk]
-    live: trio.MemoryReceiveChannel[LogChunk]
+    replay: list[Indexed]
+    live: trio.MemoryReceiveChannel[Indexed]
 
 
 class LogsActor(Actor):
@@ -137,9 +158,9 @@ class LogsActor(Actor):
             case ReadLog(key):
                 # None: not held here (an older run: read the store).
                 log = self._logs.get(key)
-                return kept(log) if log is not None else None
-            case Subscribe(key):
-                return self._subscribe(key)
+                return [chunk for _, chunk in kept(log)] if log is not None else None
+            case Subscribe(key, after):
+                return self._subscribe(key, after)
             case JobEnded(key, final):
                 log = self._logs.setdefault(key, JobLog())
                 if final:
@@ -177,12 +198,13 @@ class LogsActor(Actor):
     def _append(self, key: JobKey, chunks: list[LogChunk]) -> None:
         log = self._logs.setdefault(key, JobLog())
         for chunk in chunks:
+            indexed = (log.first_index + len(log.chunks), chunk)
             log.chunks.append(chunk)
             log.bytes += len(chunk.data)
             live = []
             for sub in log.subscribers:
                 try:
-                    sub.send_nowait(chunk)
+                    sub.send_nowait(indexed)
                     live.append(sub)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the stream's reader went away
@@ -192,15 +214,15 @@ class LogsActor(Actor):
     def _trim(self, log: JobLog) -> None:
         trim(log, self._max_bytes)
 
-    def _subscribe(self, key: JobKey) -> Subscription | None:
+    def _subscribe(self, key: JobKey, after: int) -> Subscription | None:
         log = self._logs.get(key)
         if log is None:
             if key[1] != 0:
                 return None  # not held here: an older run, read from the store
             log = self._logs[key] = JobLog()
-        send, receive = trio.open_memory_channel[LogChunk](math.inf)
+        send, receive = trio.open_memory_channel[Indexed](math.inf)
         if log.ended:
             send.close()
         else:
             log.subscribers.append(send)
-        return Subscription(replay=kept(log), live=receive)
+        return Subscription(replay=kept(log, after), live=receive)

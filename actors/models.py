@@ -19,8 +19,14 @@ from pydantic import (
     model_validator,
 )
 
-# Ids travel in URLs and shell environments; keep them to a safe alphabet.
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Ids travel in URLs and shell environments; keep them to a safe alphabet, 1 to 128
+# characters, and not `.` or `..`, which a URL path cannot carry as a segment. Written
+# without look-ahead, which pydantic's default (Rust) regex engine does not support.
+ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"  # not starting with a dot
+    r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}"  # one dot, then not a dot
+    r"|\.\.[A-Za-z0-9._-]{1,126})$"  # two dots, then anything
+)
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 # Input names as GitHub allows them; a job sees `INPUT_<NAME>` with `-` as `_`.
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
@@ -346,6 +352,9 @@ class LogChunk(BaseModel):
     data: str
     timestamp_ms: int
     stream: LogStream
+    # Extension; clients ignore unknown keys. The attempt (0 first) whose lease pushed
+    # the chunk: `sequence` counts from 0 again in each attempt.
+    attempt: int = 0
 
 
 class WorkerInfo(BaseModel):

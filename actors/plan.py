@@ -406,6 +406,18 @@ def job_context(inst: JobInstance, ctx: Mapping[str, Any]) -> dict[str, Any]:
     return jctx
 
 
+def static_job_count(job: JobSpec) -> int:
+    """How many jobs a definition's job becomes in a run, as far as can be known before
+    one: its matrix's combinations when the matrix is written out, else 1."""
+    strategy = job.strategy
+    if strategy is None or not matrix_is_static(strategy.matrix):
+        return 1
+    try:
+        return len(combinations(strategy.matrix))
+    except MatrixError:
+        return 1  # refused by the definition's own checks
+
+
 def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
     """The job as it is queued: every template evaluated, so any worker receives a
     plain command. The command exports the run's inputs as `INPUT_<NAME>` and the

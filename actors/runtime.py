@@ -64,6 +64,7 @@ from .models import (
     Workflow,
     WorkflowCreate,
 )
+from .plan import static_job_count
 from .rules import JobRun, RunPlan
 from .rules import Run as RunState
 from .scheduler import (
@@ -343,13 +344,11 @@ class Runtime:
             raise NotFound(f"workflow '{workflow_id}' not found") from None
 
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
-        if len(body.jobs) > self.limits.max_jobs_per_workflow:
-            raise LimitExceeded(
-                f"limit max_jobs_per_workflow ({self.limits.max_jobs_per_workflow}) exceeded"
-            )
-        for job in body.jobs:
-            self._check_labels(job.required_labels, where=f"job '{job.id}': ")
+        limit = self.limits.max_jobs_per_workflow
+        if body.jobs and len(body.jobs) > limit:  # refused before building anything
+            raise LimitExceeded(f"limit max_jobs_per_workflow ({limit}) exceeded")
         spec = spec_from_create(str(uuid.uuid4()), body, secrets=self.secret_names)
+        self.check_definition(spec)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
@@ -531,6 +530,15 @@ class Runtime:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._system.workers.ask(ListWorkers())
+
+    def check_definition(self, spec: WorkflowSpec) -> None:
+        """The limits a definition must keep: jobs (a static matrix counts each
+        combination) and labels per job."""
+        limit = self.limits.max_jobs_per_workflow
+        if sum(static_job_count(job) for job in spec.jobs) > limit:
+            raise LimitExceeded(f"limit max_jobs_per_workflow ({limit}) exceeded")
+        for job in spec.jobs:
+            self._check_labels(list(job.required_labels), where=f"job '{job.id}': ")
 
     def _check_labels(self, labels: list[str], where: str = "") -> None:
         if len(labels) > self.limits.max_labels:
@@ -757,7 +765,8 @@ class Runtime:
         if len(chunks) > self.limits.max_log_chunks_per_push:
             limit = self.limits.max_log_chunks_per_push
             raise LimitExceeded(f"limit max_log_chunks_per_push ({limit}) exceeded")
-        lease = self._lease(lease_id).lease
+        lease_actor = self._lease(lease_id)
+        lease = lease_actor.lease
         now = now_ms()
         stored = [
             LogChunk(
@@ -767,6 +776,7 @@ class Runtime:
                 data=c.data,
                 timestamp_ms=c.timestamp_ms if c.timestamp_ms is not None else now,
                 stream=c.stream,
+                attempt=lease_actor.attempt,
             )
             for c in chunks
         ]
@@ -804,31 +814,42 @@ class Runtime:
         journal = self._system.journal
         if journal is None:
             return []
+        return [chunk for _, chunk in await self._stored_log_indexed(workflow_id, number, job_id)]
+
+    async def _stored_log_indexed(
+        self, workflow_id: str, number: int, job_id: str, after: int = -1
+    ) -> list[tuple[int, LogChunk]]:
+        journal = self._system.journal
+        if journal is None:
+            return []
         texts = await journal.read(lambda db: read_log(db, workflow_id, number, job_id))
         chunks = [LogChunk.model_validate_json(t) for t in texts]
-        return stored_log(chunks, self.limits.max_log_bytes_per_job)
+        return stored_log(chunks, self.limits.max_log_bytes_per_job, after)
 
     async def subscribe_logs(
-        self, workflow_id: str, job_id: str, number: int | None = None
+        self, workflow_id: str, job_id: str, number: int | None = None, after: int = -1
     ) -> Subscription:
-        """Replay plus a live channel that closes after the job's last chunk."""
+        """Replay (of the chunks indexed after `after`) plus a live channel that closes
+        after the job's last chunk; both give each chunk with its index in the run."""
         actor, number = await self._log_key(workflow_id, job_id, number)
-        subscription = await self._system.logs.ask(Subscribe((workflow_id, number, job_id)))
+        key = (workflow_id, number, job_id)
+        subscription = await self._system.logs.ask(Subscribe(key, after))
         if subscription is not None:
             return subscription
         # A run no longer in memory has ended: its stream is the replay alone.
-        send, receive = trio.open_memory_channel[LogChunk](0)
+        send, receive = trio.open_memory_channel[tuple[int, LogChunk]](0)
         send.close()
-        return Subscription(await self._stored_log(workflow_id, number, job_id), receive)
+        replay = await self._stored_log_indexed(workflow_id, number, job_id, after)
+        return Subscription(replay, receive)
 
     async def stream_logs(
         self, workflow_id: str, job_id: str, number: int | None = None
     ) -> AsyncIterator[LogChunk]:
         subscription = await self.subscribe_logs(workflow_id, job_id, number)
-        for chunk in subscription.replay:
+        for _, chunk in subscription.replay:
             yield chunk
         async with subscription.live:
-            async for chunk in subscription.live:
+            async for _, chunk in subscription.live:
                 yield chunk
 
     async def stop_parking(self) -> None:

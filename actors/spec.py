@@ -1,7 +1,8 @@
 """A workflow's definition as the runtime holds it, and the rules every definition obeys.
 
 Both sources of definitions, files in `WORKFLOWS_DIR` and `POST /api/workflows`,
-end here, so a cycle or an unknown dependency is refused by the same code.
+end here, so a cycle, an unknown dependency, a name past `max_name_chars` or
+a NUL byte in what a worker will run is refused by the same code.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .errors import Invalid
@@ -133,6 +135,13 @@ class StrategySpec:
         }
 
 
+DEFAULT_MAX_NAME_CHARS = 256
+# The limit max_name_chars on workflow and job names. A context variable, so one
+# setting reaches both the files loaded at start and API creates: `wfg serve` sets
+# it (MAX_NAME_CHARS) in its main task, before any definition is read.
+MAX_NAME_CHARS: ContextVar[int] = ContextVar("max_name_chars", default=DEFAULT_MAX_NAME_CHARS)
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     id: str
@@ -241,8 +250,13 @@ class WorkflowSpec:
     timeout_secs: int | None = None  # the whole run's limit
     triggers: Triggers = field(default_factory=Triggers)
     notify: tuple[NotifySpec, ...] = ()
+    # False for a definition read back from the store: it passed `check_text` when it
+    # was accepted, and a limit lowered since must not lose it on a restart.
+    new: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, new: bool) -> None:
+        if new:
+            check_text(self.name, self.jobs)
         check_graph(self.jobs)
         check_inputs(self.inputs)
 
@@ -250,6 +264,33 @@ class WorkflowSpec:
         return Workflow(
             id=self.id, name=self.name, trigger=self.trigger, jobs=[j.as_job() for j in self.jobs]
         )
+
+
+def check_text(name: str, jobs: Iterable[JobSpec]) -> None:
+    """Refuse names past `MAX_NAME_CHARS`, and NUL bytes where a worker would pass them
+    to the operating system (command, env), which cannot hold them, or show them."""
+    limit = MAX_NAME_CHARS.get()
+    _check_name("the workflow name", name, limit)
+    for job in jobs:
+        where = f"job '{job.id}'"
+        _check_name(f"the name of {where}", job.name, limit)
+        _refuse_nul(f"{where}: command", job.command)
+        for key, value in job.env.items():
+            _refuse_nul(f"{where}: env", key)
+            _refuse_nul(f"{where}: env {key!r}", value)
+
+
+def _check_name(where: str, name: str, limit: int) -> None:
+    if len(name) > limit:
+        raise DefinitionError(
+            f"limit max_name_chars ({limit}) exceeded by {where} ({len(name)} characters)"
+        )
+    _refuse_nul(where, name)
+
+
+def _refuse_nul(where: str, text: str) -> None:
+    if "\0" in text:
+        raise DefinitionError(f"{where} contains a NUL byte")
 
 
 def input_problems(inputs: Iterable[InputSpec]) -> list[tuple[str, str]]:
@@ -526,4 +567,5 @@ def spec_from_json(text: str) -> WorkflowSpec:
         timeout_secs=data.get("timeout_secs"),
         triggers=Triggers.from_data(data.get("triggers")),
         notify=tuple(NotifySpec(url=n["url"], on=tuple(n["on"])) for n in data.get("notify", ())),
+        new=False,
     )

@@ -19,8 +19,10 @@ _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
 class RawHttp:
     def __init__(self, url: str, timeout: float = 40) -> None:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
+        authority = url.removeprefix("http://")
+        host, port = authority.rsplit(":", 1)
         self._address = (host, int(port))
+        self._host = authority  # the server answers only to a Host that names it
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
@@ -35,7 +37,7 @@ class RawHttp:
     def send(self, method: str, path: str, body: Any = None) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n"
         )
         self._connect().sendall(head.encode() + data)

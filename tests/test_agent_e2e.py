@@ -272,7 +272,7 @@ def test_killed_worker_lease_expires_and_another_worker_finishes(
         workers(server.url, "--lease-ttl", "2", "--id", "rescuer", env=env)
         jobs = wait_until_finished(server.url, "rescued", timeout=20)
     finally:
-        # The orphaned attempt 0 lives in its own session: SIGKILL of its worker spares it.
+        # Should the watchdog have failed to end attempt 0 along with its worker.
         kill_group_quietly(tmp_path / "attempt-0.pid")
     assert jobs["job"]["status"] == "success"
     assert jobs["job"]["attempt"] == 1

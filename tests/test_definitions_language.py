@@ -388,7 +388,7 @@ def test_expressions_are_rendered_when_a_job_is_queued() -> None:
         "export VERSION=1.2\n"
         './deploy --to prod --run 7 "$VERSION"'
     )
-    assert rendered.env is None
+    assert rendered.env == {"STAGE": "prod", "VERSION": "1.2"}  # the claim carries it too
     # Before a run, status shows the templates as written.
     shown = spec.as_workflow().jobs[1]
     assert shown.name == "Deploy ${{ inputs.target }} after ${{ needs.build.result }}"
@@ -438,7 +438,7 @@ def test_secret_env_goes_to_the_claim_and_never_into_the_command() -> None:
     )
     ctx = context(secrets={"TOKEN": "s3cr3t"})
     rendered = plan.render(instance(spec, "a"), ctx)
-    assert rendered.env == {"TOKEN": "s3cr3t", "AUTH": "Bearer s3cr3t"}
+    assert rendered.env == {"PLAIN": "visible", "TOKEN": "s3cr3t", "AUTH": "Bearer s3cr3t"}
     assert "s3cr3t" not in rendered.command and "s3cr3t" not in rendered.name
     assert rendered.command.startswith("export PLAIN=visible\n")
     with pytest.raises(EvaluationError, match="secret 'TOKEN' is not set"):

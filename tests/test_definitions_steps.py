@@ -271,7 +271,7 @@ def test_step_env_and_secrets(tmp_path: Path) -> None:
         context(secrets={"JOB_TOKEN": "job-secret", "STEP_TOKEN": "step-secret"}),
     )
     assert "secret" not in job.command.replace("secrets", "")
-    assert job.env == {"TOKEN": "job-secret", "_WFG_STEP1_TOKEN": "step-secret"}
+    assert job.env == {"GLOBAL": "g", "TOKEN": "job-secret", "_WFG_STEP1_TOKEN": "step-secret"}
     result = run(job, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [

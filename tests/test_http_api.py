@@ -51,7 +51,7 @@ QUEUED_JOB_KEYS = {
     "delayed_until_ms",
 }
 LEASE_KEYS = {"lease_id", "job_id", "workflow_id", "worker_id", "ttl_secs", "granted_at_ms"}
-LOG_CHUNK_KEYS = {"workflow_id", "job_id", "sequence", "data", "timestamp_ms", "stream"}
+LOG_CHUNK_KEYS = {"workflow_id", "job_id", "sequence", "data", "timestamp_ms", "stream", "attempt"}
 WORKER_KEYS = {
     "worker_id",
     "labels",
@@ -71,8 +71,11 @@ async def assert_error(resp, status: int) -> str:
     assert resp.status_code == status, (resp.status_code, body)
     assert resp.mimetype == "application/json", resp.headers
     data = json.loads(body)
-    assert isinstance(data, dict) and set(data) == {"error"}, data
+    assert isinstance(data, dict) and set(data) <= {"error", "errors"} and "error" in data, data
     assert isinstance(data["error"], str) and data["error"], data
+    if "errors" in data:  # extension: a refused definition lists every problem
+        assert status == 422 and data["errors"], data
+        assert all(isinstance(e["message"], str) for e in data["errors"]), data
     return data["error"]
 
 

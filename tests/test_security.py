@@ -500,9 +500,10 @@ async def test_max_body_bytes_at_and_past_the_bound():
     async with serve(max_body_bytes=limit) as api:
 
         def body_of(size: int) -> bytes:
-            head = b'{"name": "'
-            tail = b'", "jobs": [{"id": "a", "command": "true"}]}'
-            return head + b"n" * (size - len(head) - len(tail)) + tail
+            # The filler is a job's command: names are bounded far below (max_name_chars).
+            head = b'{"name": "n", "jobs": [{"id": "a", "command": "'
+            tail = b'"}]}'
+            return head + b"t" * (size - len(head) - len(tail)) + tail
 
         ok = await api.post("/api/workflows", raw=body_of(limit))
         assert ok.status_code == 201, await ok.get_data(as_text=True)

@@ -100,7 +100,9 @@ def test_a_whole_workflow_over_real_http(api, live_server):
     datas = [json.loads(e[2])["data"] for e in events]
     assert datas == ["try 1\n", "try 2\n"]
     assert all(e[0] == "log" for e in events)
-    assert [e[1] for e in events] == ["0", "0"]
+    # Event ids count the run's chunks, across attempts (each attempt's sequence is 0).
+    assert [e[1] for e in events] == ["0", "1"]
+    assert [json.loads(e[2])["sequence"] for e in events] == [0, 0]
     assert json.loads(events[0][2])["stream"] == "stderr"
 
     nxt = api.post("/api/jobs/claim", json={"worker_id": "w2", "labels": ["any"]}).json()

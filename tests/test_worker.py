@@ -58,18 +58,23 @@ async def test_log_batches_wait_at_most_the_delay_and_cap_the_size(autojump_cloc
     assert [c.data for c in batch] == ["first\n"]
     assert waited == pytest.approx(LOG_BATCH_DELAY_SECS)
 
-    # 300 KiB at once: pushed in several batches, none over the limit, order kept.
-    for i in range(300):
-        logs.write(f"{i:04d}" + "x" * 1019 + "\n", LogStream.stderr)
+    # 1 MiB of lines at once: coalesced into a few large chunks that end at line ends,
+    # pushed in several batches, none over the limit, order kept.
+    lines = [f"{i:04d}" + "x" * 1019 + "\n" for i in range(1024)]
+    for line in lines:
+        logs.write(line, LogStream.stderr)
     logs.close()
     batches = []
     while batch := await logs.next_batch():
         batches.append(batch)
-    assert len(batches) >= 5
+    assert len(batches) >= 4
     for b in batches:
         assert sum(len(c.data) for c in b) <= LOG_BATCH_MAX_BYTES
     chunks = [c for b in batches for c in b]
-    assert [c.sequence for c in chunks] == list(range(1, 301))
+    assert [c.sequence for c in chunks] == list(range(1, len(chunks) + 1))
+    assert len(chunks) == 64  # 16 lines of 1 KiB to a chunk
+    assert all(c.data.endswith("\n") for c in chunks)
+    assert "".join(c.data for c in chunks) == "".join(lines)
     assert all(c.stream == LogStream.stderr for c in chunks)
 
 

@@ -1,8 +1,10 @@
 """The HTTP layer: Quart-Trio routes that turn requests into runtime calls.
 
-Nothing here keeps state. A request body is read and checked in the
-contract's order (too large 413, malformed 400, invalid 422) before any id is
-looked up (404) or any lease touched (409), so a bad request changes nothing.
+Nothing here keeps state. Every request first passes `gate.RequestGate`
+(Host 400, Origin 403, content type 415), then its token (401); a body is
+read and checked in the contract's order (too large 413, malformed 400,
+invalid 422) before any id is looked up (404) or any lease touched (409), so
+a bad request changes nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ from actors.spec import DefinitionError
 from . import protocol
 from .auth import TokenGuard, install_auth
 from .fastpath import ProtocolFastPath
+from .gate import (
+    SAFE_METHODS,
+    DrainUnreadBodies,
+    HostPolicy,
+    OriginPolicy,
+    RequestGate,
+    SimpleCors,
+)
 from .http_metrics import HttpMetrics, note_route
 from .wire import BadRequest, M, body_too_large, dump, error_answer, parse_body
 
@@ -74,8 +84,9 @@ DEFAULT_RUNS_LIMIT = 20
 SSE_END_GRACE_SECS = 1.0
 
 
-# What `_list_query` accepts: up to 18 digits, no sign.
-QueryNumber = Annotated[int, Field(ge=0, le=10**18 - 1)]
+# What `_list_query` passes on: digits, no sign; longer numbers are read as this bound.
+MAX_QUERY_NUMBER = 10**18 - 1
+QueryNumber = Annotated[int, Field(ge=0, le=MAX_QUERY_NUMBER)]
 
 
 class ListQuery(BaseModel):
@@ -95,6 +106,8 @@ class CancelledQuery(BaseModel):
 
 class StreamQuery(BaseModel):
     access_token: str | None = None
+    # For clients that cannot send the `Last-Event-ID` header; the header wins.
+    last_event_id: QueryNumber | None = None
 
 
 # Root models give the OpenAPI document a schema for the bare JSON answers.
@@ -111,18 +124,55 @@ class EventStream(RootModel[str]):
 
 
 class MetricsText(RootModel[str]):
-    """The Prometheus text exposition format (version 0.0.4)."""
+    """The Prometheus text exposition format."""
 
 
 class Health(BaseModel):
     status: str = "ok"
 
 
+# What each error status means, on every route that documents it.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON or query parameter, or a Host this server does not answer to",
+    401: "Missing or wrong bearer token",
+    403: "A state-changing request from an Origin that is not allowed",
+    404: "Unknown workflow, job or worker",
+    409: "The lease is not active, or the workflow is already running",
+    413: "Request body over MAX_BODY_BYTES",
+    415: "A request body that is not JSON (Content-Type: application/json)",
+    422: "A body that parses but is invalid, or past a limit",
+    429: "Too many open log streams (MAX_SSE_STREAMS)",
+}
+# The gate's answers (see web.gate): on every route, and on state-changing ones.
+GATE_ERRORS = (400,)
+UNSAFE_GATE_ERRORS = (403, 415)
+
+
 class _Provider(OpenAPIProvider):
     """Documents `EventStream` answers as `text/event-stream`, the rest as JSON.
 
-    Request bodies are documented as required, except `complete`'s, which may be empty.
+    Request bodies are documented as required, except `complete`'s, which may be
+    empty. Every route also documents the gate's refusals (`GATE_ERRORS`), which
+    no route decorator needs to repeat.
     """
+
+    def build_paths(self, rule):
+        paths, components = super().build_paths(rule)
+        error_object, error_components = self.build_response_object(ErrorBody, None)
+        components.update(error_components)
+        for operations in paths.values():
+            for method, operation in operations.items():
+                responses = dict(operation["responses"])
+                statuses = GATE_ERRORS
+                if method.upper() not in SAFE_METHODS:
+                    statuses += UNSAFE_GATE_ERRORS
+                for status in statuses:
+                    responses.setdefault(status, error_object)
+                for status, response in list(responses.items()):
+                    if status in ERROR_DESCRIPTIONS:
+                        responses[status] = {**response, "description": ERROR_DESCRIPTIONS[status]}
+                operation["responses"] = dict(sorted(responses.items()))
+        return paths, components
 
     def build_request_body(self, model, source):
         body, definitions = super().build_request_body(model, source)
@@ -178,9 +228,11 @@ def _query_number(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"query parameter '{name}' must be a non-negative integer")
-    return int(raw)
+    # Any count past the bound means "as many as there are", not an error.
+    digits = raw.lstrip("0")
+    return MAX_QUERY_NUMBER if len(digits) > 18 else int(digits or "0")
 
 
 def _runs_query() -> RunsQuery:
@@ -217,6 +269,7 @@ def create_app(
     runtime: Runtime,
     *,
     cors_origins: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     sse_keepalive_secs: float = SSE_KEEPALIVE_SECS,
     api_token: str | None = None,
@@ -227,10 +280,13 @@ def create_app(
 ) -> QuartTrio:
     """The QuartTrio app serving the REST API over `runtime`.
 
+    `allowed_hosts` adds `Host` names to the loopback ones and the address
+    a client connects to (`*`: any); `cors_origins` is the allow-list for
+    browsers, for reads and, with Origin, for changes (see `web.gate`).
     Tokens left None leave their routes open (see `web.auth`); `/metrics` needs
-    the API token unless `metrics_public`. At most `max_sse_streams` log streams
-    are open at once (429 past it), and each ends after `sse_max_secs`; an
-    EventSource client reconnects.
+    the API token unless `metrics_public`. At most `max_sse_streams` log
+    streams are open at once (429 past it), and each ends after
+    `sse_max_secs`; an EventSource client reconnects.
     """
     app = QuartTrio("workflow_graph")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -265,9 +321,15 @@ def create_app(
 
     @app.errorhandler(BadRequest)
     @app.errorhandler(WorkflowGraphError)
-    @app.errorhandler(DefinitionError)
     async def _request_error(exc: Exception):
         return _error(*error_answer(exc))
+
+    @app.errorhandler(DefinitionError)
+    async def _definition_error(exc: DefinitionError):
+        # `error` stays the one human line clients read; `errors` lists every problem.
+        status, message = error_answer(exc)
+        body = {"error": message, "errors": exc.errors()}
+        return Response(json.dumps(body), status=status, content_type="application/json")
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException):
@@ -493,13 +555,19 @@ def create_app(
     @app.get("/api/workflows/<workflow_id>/jobs/<job_id>/logs/stream")
     @document_querystring(StreamQuery)
     @document_response(EventStream, 200)
-    @_errors(401, 404, 429)
+    @_errors(400, 401, 404, 429)
     async def job_log_stream(workflow_id: str, job_id: str):
-        """Server-Sent Events: replay, then live chunks, ending after the job ends."""
+        """Server-Sent Events: replay, then live chunks, ending after the job ends.
+
+        Each event's `id` is the chunk's index in the run. A reconnecting client sends
+        the last one it saw as `Last-Event-ID` (or `?last_event_id=`), and the
+        replay starts after it.
+        """
         return await _log_stream(workflow_id, job_id, None)
 
     async def _log_stream(workflow_id: str, job_id: str, number: int | None) -> Response:
-        subscription = await runtime.subscribe_logs(workflow_id, job_id, number)
+        after = _last_event_id()
+        subscription = await runtime.subscribe_logs(workflow_id, job_id, number, after)
         if not streams.acquire():
             subscription.live.close()
             response = _error(429, f"limit max_sse_streams ({max_sse_streams}) reached")
@@ -515,37 +583,58 @@ def create_app(
     from .dashboard import register_dashboard
 
     register_dashboard(app, runtime)
-    app.asgi_app = ProtocolFastPath(
-        HttpMetrics(app.asgi_app, metrics),
+    simple_cors = SimpleCors(cors_origins)
+    fast_path = ProtocolFastPath(
+        DrainUnreadBodies(app.asgi_app),
         runtime,
         guard,
         max_body_bytes=max_body_bytes,
-        cors_origins=cors_origins,
-        metrics=metrics,
+        cors=simple_cors,
     )
+    gate = RequestGate(
+        fast_path,
+        hosts=HostPolicy(allowed_hosts or ()),
+        origins=OriginPolicy(cors_origins),
+        cors=simple_cors,
+    )
+    # Outermost: every answer is counted, the gate's refusals included.
+    app.asgi_app = HttpMetrics(gate, metrics)  # type: ignore[method-assign]
     return app
 
 
-def _sse_event(chunk: LogChunk) -> bytes:
-    return f"event: log\nid: {chunk.sequence}\ndata: {chunk.model_dump_json()}\n\n".encode()
+def _last_event_id() -> int:
+    """Where a resumed log stream starts: after this index; -1 for a fresh stream."""
+    name, raw = "Last-Event-ID header", request.headers.get("Last-Event-ID")
+    if raw is None:
+        name, raw = "query parameter 'last_event_id'", request.args.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return -1
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"{name} must be a non-negative integer (an event id of this stream)")
+    return int(raw)
+
+
+def _sse_event(index: int, chunk: LogChunk) -> bytes:
+    return f"event: log\nid: {index}\ndata: {chunk.model_dump_json()}\n\n".encode()
 
 
 async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
     """Replay, then live chunks until the job ends or the stream has lived `max_secs`."""
     deadline = trio.current_time() + max_secs
-    for chunk in subscription.replay:
-        yield _sse_event(chunk)
+    for index, chunk in subscription.replay:
+        yield _sse_event(index, chunk)
     live = subscription.live
     async with live:
         while True:
             if trio.current_time() >= deadline:
-                # A clean end; an EventSource reconnects and gets a fresh replay.
+                # A clean end; an EventSource reconnects and resumes after its last event.
                 yield b": stream lifetime reached, reconnect\n\n"
                 return
             ended = False
             with trio.move_on_at(min(trio.current_time() + keepalive_secs, deadline)) as idle:
                 try:
-                    chunk = await live.receive()
+                    index, chunk = await live.receive()
                 except trio.EndOfChannel:
                     ended = True
             if ended:
@@ -558,7 +647,7 @@ async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
                 if trio.current_time() < deadline:
                     yield b": keep-alive\n\n"
             else:
-                yield _sse_event(chunk)
+                yield _sse_event(index, chunk)
 
 
 class _StreamSlots:

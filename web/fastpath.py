@@ -5,36 +5,35 @@ every request, and Quart's request context, hooks and extensions cost about
 half of each one (see benchmarks/RESULTS.md). This ASGI layer serves those
 five calls with the same handlers (`protocol`), the same token check, body
 limit, CORS headers and error answers as the Quart routes, in the same order:
-401, 413, 400, 422, 404, 409. Every other request goes on to Quart, which
-also keeps documenting these routes in OpenAPI.
+401, 413, 400, 422, 404, 409. The Host, Origin and content-type checks come
+before both, in `gate.RequestGate`. Every other request goes on to Quart,
+which also keeps documenting these routes in OpenAPI.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 
 import trio
 
 from actors import Runtime
-from actors.metrics import Metrics
 
 from . import protocol
 from .auth import TokenGuard, challenge, presented_token
-from .wire import BadRequest, body_too_large, dump, error_answer, error_body
+from .gate import SimpleCors, UnreadBody, has_body
+from .http_metrics import ROUTE_KEY
+from .wire import BadRequest, body_too_large, dump, error_answer, error_body, send_json
 
 log = logging.getLogger("workflow_graph.web")
 
 CLAIM_PATH = "/api/jobs/claim"
 LEASE_PATH = re.compile(r"/api/jobs/([^/]+)/(heartbeat|complete|fail|logs)")
-# The Quart rules of the same routes: the `route` label of their metrics.
+# The Quart rules of the same routes: what their metrics are counted under.
 LEASE_ROUTES = {
     action: f"/api/jobs/<lease_id>/{action}" for action in ("heartbeat", "complete", "fail", "logs")
 }
-
-Headers = list[tuple[bytes, bytes]]
 
 
 class _BodyTooLarge(Exception):
@@ -51,44 +50,35 @@ class ProtocolFastPath:
         guard: TokenGuard,
         *,
         max_body_bytes: int,
-        cors_origins: list[str] | None,
-        metrics: Metrics | None = None,
+        cors: SimpleCors,
     ) -> None:
         self._app = app
         self._runtime = runtime
         self._guard = guard
         self._max_body_bytes = max_body_bytes
-        self._origins = frozenset(cors_origins) if cors_origins else None
-        self._metrics = metrics
+        self._cors = cors
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             if path == CLAIM_PATH:
-                return await self._timed(CLAIM_PATH, scope, receive, send, None, None)
+                scope[ROUTE_KEY] = CLAIM_PATH
+                return await self._serve(scope, receive, send, None, None)
             if (match := LEASE_PATH.fullmatch(path)) is not None:
-                route = LEASE_ROUTES[match[2]]
-                return await self._timed(route, scope, receive, send, match[1], match[2])
+                scope[ROUTE_KEY] = LEASE_ROUTES[match[2]]
+                return await self._serve(scope, receive, send, match[1], match[2])
         await self._app(scope, receive, send)
 
-    async def _timed(self, route: str, scope, receive, send, lease_id, action) -> None:
-        started = time.perf_counter()
-        status = await self._serve(scope, receive, send, lease_id, action)
-        if status is not None and self._metrics is not None:
-            self._metrics.http_request(route, "POST", status, time.perf_counter() - started)
-
-    async def _serve(
-        self, scope, receive, send, lease_id: str | None, action: str | None
-    ) -> int | None:
-        """Answer the call; its status, or None when the client went away first."""
+    async def _serve(self, scope, receive, send, lease_id: str | None, action: str | None):
         headers = dict(scope["headers"])
-        cors = self._cors(headers.get(b"origin"))
+        cors = self._cors.headers(headers.get(b"origin"))
         presented = presented_token(headers.get(b"authorization", b"").decode("latin-1"), None)
         refused = self._guard.refusal("worker", presented) if self._guard.active else None
         if refused is not None:
             message, code = refused
             auth = [(b"www-authenticate", challenge(code).encode())]
-            return await _respond(send, 401, error_body(message), cors + auth)
+            early = _before_body(headers, receive, send)
+            return await send_json(early, 401, error_body(message), cors + auth)
         try:
             raw = await self._read_body(headers, receive)
             if lease_id is None:
@@ -101,23 +91,15 @@ class ProtocolFastPath:
             return None
         except _BodyTooLarge:
             message = body_too_large(self._max_body_bytes)
-            return await _respond(send, 413, error_body(message), cors)
+            early = _before_body(headers, receive, send)
+            return await send_json(early, 413, error_body(message), cors)
         except Exception as exc:  # noqa: BLE001 - every error is answered as JSON
             answer = error_answer(exc)
             if answer is None:
                 log.exception("unexpected error serving POST %s", scope["path"])
                 answer = (500, "internal server error")
-            return await _respond(send, answer[0], error_body(answer[1]), cors)
-        return await _respond(send, 200, dump(value), cors)
-
-    def _cors(self, origin: bytes | None) -> Headers:
-        """The headers quart-cors gives the Quart routes on a simple (non-preflight) call."""
-        if self._origins is None:
-            return [(b"access-control-allow-origin", b"*")] if origin else [(b"vary", b"Origin")]
-        headers = [(b"vary", b"Origin")]
-        if origin and origin.decode("latin-1") in self._origins:
-            headers.append((b"access-control-allow-origin", origin))
-        return headers
+            return await send_json(send, answer[0], error_body(answer[1]), cors)
+        await send_json(send, 200, dump(value), cors)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         length = headers.get(b"content-length")
@@ -164,25 +146,13 @@ class ProtocolFastPath:
         return outcome["value"]
 
 
+def _before_body(headers: dict[bytes, bytes], receive, send):
+    """The `send` for an answer given before the request's body was read (see UnreadBody)."""
+    return UnreadBody(receive, send).send if has_body(headers) else send
+
+
 class _ClientLeft(Exception):
     pass
 
 
 _GONE = object()
-
-
-async def _respond(send, status: int, body: str, headers: Headers) -> int:
-    payload = body.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-    return status

@@ -1,10 +1,11 @@
 """HTTP request metrics by route template: what each request cost and how it ended.
 
-`HttpMetrics` wraps the Quart app (inside the worker-protocol fast path, which
-counts its own five routes the same way without this wrapper's cost). The
-route is the URL rule Quart matched, which `note_route` writes into the ASGI
-scope before any other hook can answer; a request no rule matched counts as
-`(unmatched)`. A raw path is never a label value, so neither are ids.
+`HttpMetrics` is the outermost ASGI layer, so every answer is counted, the
+request gate's refusals included. The route is a URL template written into
+the ASGI scope: by the worker-protocol fast path for its five routes, and for
+Quart's routes by `note_route`, before any other hook can answer. A request
+no route claimed counts as `(unmatched)`. A raw path is never a label value,
+so neither are ids.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -22,8 +23,10 @@ from actors import Limits, open_runtime
 from actors.runtime import DEFAULT_RETAIN_RUNS
 from actors.secrets import ENV_PREFIX as SECRET_ENV_PREFIX
 from actors.secrets import SecretsError, SecretStore
+from actors.spec import DEFAULT_MAX_NAME_CHARS, MAX_NAME_CHARS
 from actors.store import StoreError
 
+from . import reasons
 from .app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_SSE_STREAMS,
@@ -31,6 +34,7 @@ from .app import (
     SSE_KEEPALIVE_SECS,
     create_app,
 )
+from .gate import HostPolicy
 
 log = logging.getLogger("workflow_graph")
 
@@ -68,6 +72,21 @@ def _number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
     return value
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@functools.cache
+def _machine_names() -> tuple[str, ...]:
+    """This machine's host name and fully qualified name (one DNS lookup, at start)."""
+    names = [socket.gethostname()]
+    try:
+        names.append(socket.getfqdn())
+    except OSError:
+        pass
+    return tuple(n.lower() for n in names if n and n != "localhost")
+
+
 def _max_wait_secs(env: Mapping[str, str]) -> float:
     value = _number(env, "MAX_WAIT_SECS", Limits.max_wait_secs, float, 1)
     if value > 60:
@@ -86,6 +105,7 @@ class ServerSettings:
     retain_runs: int = DEFAULT_RETAIN_RUNS
     api_only: bool = False
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     reap_interval_secs: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     local_workers: int = 0
@@ -100,13 +120,14 @@ class ServerSettings:
     max_wait_secs: float = Limits.max_wait_secs
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS
+    max_name_chars: int = DEFAULT_MAX_NAME_CHARS
     metrics_public: bool = False
     secrets_dir: Path | None = None
     log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
-        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        origins = _list(env, "CORS_ORIGINS")
         port = _number(env, "PORT", 3000)
         if port > 65535:
             raise SettingsError(f"PORT must be at most 65535, got {port}")
@@ -122,6 +143,7 @@ class ServerSettings:
             retain_runs=_number(env, "RETAIN_RUNS", DEFAULT_RETAIN_RUNS, int, 1),
             api_only=_flag(env.get("API_ONLY")),
             cors_origins=origins,
+            allowed_hosts=_list(env, "ALLOWED_HOSTS"),
             reap_interval_secs=_number(env, "REAP_INTERVAL_SECS", 5.0, float, 0.01),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024),
             local_workers=_number(env, "LOCAL_WORKERS", 0),
@@ -141,10 +163,19 @@ class ServerSettings:
             max_wait_secs=_max_wait_secs(env),
             max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
             sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
+            max_name_chars=_number(env, "MAX_NAME_CHARS", DEFAULT_MAX_NAME_CHARS, int, 1),
             metrics_public=_flag(env.get("METRICS_PUBLIC")),
             secrets_dir=Path(secrets_dir) if secrets_dir else None,
             log_format=log_format,
         )
+
+    def host_names(self) -> list[str]:
+        """The `Host` names the server answers to besides loopback and the address
+        a client connects to: `ALLOWED_HOSTS`, `HOST`, and this machine's names,
+        which workers elsewhere use (`http://build-host:3000`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as in a URL
+        names = [*self.allowed_hosts, host, *_machine_names()]
+        return list(dict.fromkeys(n for n in names if n))
 
     def limits(self) -> Limits:
         """The runtime's share of the limits."""
@@ -203,19 +234,29 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 
 
 async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
-    """N `wfg worker` processes beside the server; they stop with it."""
+    """N `wfg worker` processes beside the server; they stop with it, even if it is killed.
+
+    Each worker's stdin is a pipe whose only write end this process holds: the kernel
+    closes it however we end, and `--watch-stdin` makes the workers stop then.
+    """
     procs = []
     # The server's secrets reach a job through its claim alone, never by inheritance.
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIX)}
     env["SERVER_URL"] = url
-    for i in range(count):
-        procs.append(
-            await trio.lowlevel.open_process(
-                [sys.executable, "-m", "wfg", "worker", "--server", url, "--id", f"local-{i + 1}"],
-                env=env,
-                start_new_session=True,  # our Ctrl-C goes to us; we stop them in order
+    lifeline, held = os.pipe()
+    try:
+        for i in range(count):
+            procs.append(
+                await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "wfg", "worker", "--server", url]
+                    + ["--id", f"local-{i + 1}", "--watch-stdin"],
+                    stdin=lifeline,
+                    env=env,
+                    start_new_session=True,  # our Ctrl-C goes to us; we stop them in order
+                )
             )
-        )
+    finally:
+        os.close(lifeline)
     try:
         await stop.wait()
     finally:
@@ -230,6 +271,7 @@ async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+            os.close(held)
 
 
 def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = None) -> Config:
@@ -267,6 +309,9 @@ async def _main(settings: ServerSettings) -> None:
         say, warn = _printer(sys.stdout), _printer(sys.stderr)
     # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
     sock = bind_socket(settings.host, settings.port)
+    # Read by every definition check in this run: files loaded below and API creates.
+    MAX_NAME_CHARS.set(settings.max_name_chars)
+    host_names = settings.host_names()
     secrets = SecretStore.load(settings.secrets_dir, os.environ)
     async with open_runtime(
         settings.workflows_dir,
@@ -280,6 +325,7 @@ async def _main(settings: ServerSettings) -> None:
         app = create_app(
             runtime,
             cors_origins=list(settings.cors_origins) or None,
+            allowed_hosts=host_names,
             max_body_bytes=settings.max_body_bytes,
             api_token=settings.api_token,
             worker_token=settings.worker_token,
@@ -297,6 +343,9 @@ async def _main(settings: ServerSettings) -> None:
             say("workflow-graph: state is kept in memory only (DATA_DIR=:memory:)")
         else:
             say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
+        say(f"workflow-graph: answers to Host {HostPolicy(host_names).describe()}")
+        if "*" in settings.cors_origins and not settings.api_token:
+            say("workflow-graph: CORS_ORIGINS=* without API_TOKEN: any web page can run jobs here")
         say(f"workflow-graph listening on {url}")
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -339,6 +388,7 @@ def configure_logging(log_format: str) -> None:
 def serve(settings: ServerSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     configure_logging(settings.log_format)
+    reasons.install()
     try:
         trio.run(_main, settings)
     except (SettingsError, StoreError, SecretsError) as exc:

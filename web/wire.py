@@ -144,3 +144,20 @@ def body_too_large(limit: int) -> str:
 
 def error_body(message: str) -> str:
     return json.dumps({"error": message})
+
+
+async def send_json(send, status: int, body: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer an ASGI request with a JSON body, outside Quart (the gate, the fast path)."""
+    payload = body.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

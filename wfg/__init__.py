@@ -1,6 +1,6 @@
 """workflow-graph's user tools: the REST client, the `wfg` command, the worker SDK.
 
-    from wfg import Client, AsyncClient, WorkflowApiError, Worker
+from wfg import Client, AsyncClient, WorkflowApiError, Worker
 """
 
 from ._errors import ClientError, ServerUnreachable, WorkflowApiError

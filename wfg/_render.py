@@ -67,9 +67,14 @@ class Output:
     plain: bool
 
 
+def is_plain() -> bool:
+    """Plain text when stdout is piped or `NO_COLOR` is set."""
+    return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+
+
 def make_output() -> Output:
     """Rich output on a terminal; plain text when piped or when `NO_COLOR` is set."""
-    plain = bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
+    plain = is_plain()
     if plain:
         console = Console(no_color=True, force_terminal=False, highlight=False, soft_wrap=True)
     else:
@@ -105,30 +110,6 @@ def layered(jobs: Sequence[Job]) -> list[Job]:
         remaining = waiting
     order = {job.id: i for i, job in enumerate(jobs)}
     return sorted(jobs, key=lambda job: (depth[job.id], order[job.id]))
-
-
-def run_is_over(workflow: Workflow) -> bool:
-    return all(job.status in TERMINAL_STATUSES for job in workflow.jobs)
-
-
-def run_succeeded(workflow: Workflow) -> bool:
-    return all(job.status == JobStatus.success for job in workflow.jobs)
-
-
-def workflow_state(workflow: Workflow) -> str:
-    """One word for the workflow's current run, for the list table."""
-    statuses = {job.status for job in workflow.jobs}
-    if JobStatus.running in statuses:
-        return "running"
-    if statuses <= TERMINAL_STATUSES:
-        if JobStatus.failure in statuses:
-            return "failed"
-        if JobStatus.cancelled in statuses:
-            return "cancelled"
-        return "success"
-    if statuses == {JobStatus.queued}:
-        return "queued"
-    return "running"
 
 
 def status_counts(jobs: Iterable[Job]) -> str:
@@ -211,14 +192,39 @@ def ago(ms: int, now: int | None = None) -> str:
     return format_duration(((now or now_ms()) - ms) / 1000) + " ago"
 
 
-def log_tail(chunks: Iterable[LogChunk], lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines of the job's log, stdout and stderr interleaved."""
-    text = "".join(chunk.data for chunk in sorted(chunks, key=_chunk_order))
+def log_tail(
+    chunks: Iterable[LogChunk], lines: int = LOG_TAIL_LINES, plain: bool = True
+) -> list[str]:
+    """The last `lines` lines of the job's log, stdout and stderr interleaved as stored,
+    with a line where each attempt starts."""
+    marks = AttemptMarks(plain)
+    text = "".join(marks.before(chunk) + chunk.data for chunk in chunks)
     return text.splitlines()[-lines:]
 
 
-def _chunk_order(chunk: LogChunk) -> tuple[int, int]:
-    return (chunk.timestamp_ms, chunk.sequence)
+class AttemptMarks:
+    """Where a job's log moves on to another attempt: `── attempt 2 ──` on a line of its own.
+
+    Feed it every chunk in order; the first attempt gets no mark, so the log of a
+    job that never retried reads exactly as it was written.
+    """
+
+    def __init__(self, plain: bool) -> None:
+        self._bar = "--" if plain else "──"
+        self._attempt = 0
+        self._line_start = True
+
+    def before(self, chunk: LogChunk) -> str:
+        """The text to show before `chunk`: a mark if it starts an attempt, else ""."""
+        mark = ""
+        if chunk.attempt != self._attempt:
+            self._attempt = chunk.attempt
+            newline = "" if self._line_start else "\n"
+            mark = f"{newline}{self._bar} attempt {chunk.attempt + 1} {self._bar}\n"
+            self._line_start = True
+        if chunk.data:
+            self._line_start = chunk.data.endswith("\n")
+        return mark
 
 
 # --- tables -----------------------------------------------------------------
@@ -422,17 +428,6 @@ def failure_report(job: Job, tail: Sequence[str], plain: bool) -> list[str]:
         if tail
         else [f"--- {job.id} failed{reason} (no log)"]
     )
-
-
-def summary_line(workflow: Workflow, secs: float) -> str:
-    """The last line of a followed run."""
-    took = format_duration(secs)
-    if run_succeeded(workflow):
-        return f"{workflow.id}: success, {len(workflow.jobs)} job(s) in {took}"
-    failed = [j.id for j in workflow.jobs if j.status == JobStatus.failure]
-    state = "failed" if failed else workflow_state(workflow)
-    detail = f" ({', '.join(failed)})" if failed else ""
-    return f"{workflow.id}: {state}{detail}, {status_counts(workflow.jobs)} after {took}"
 
 
 def run_summary_line(run: Run) -> str:

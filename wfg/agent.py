@@ -8,13 +8,17 @@ What a job's command sees:
   `WFG_WORKFLOW_ID`, `WFG_JOB_ID`, `WFG_ATTEMPT` (0 for the first try),
   `WFG_UPSTREAM_OUTPUTS` (a JSON file: the outputs of its direct dependencies,
   keyed by job id) and `WFG_OUTPUT` (a file to append `key=value` lines to, or
-  `key<<DELIM` ... `DELIM` for a multi-line value, like `GITHUB_OUTPUT`);
+  `key<<DELIM` ... `DELIM` for a multi-line value), also as `GITHUB_OUTPUT` so
+  steps copied from GitHub Actions work unchanged;
 - its own session and process group, so the worker's signals never reach it and
-  the whole group can be stopped at once.
+  the whole group can be stopped at once. A watchdog process stops the group if
+  the worker dies without doing so (SIGKILL, a crash);
+- stdout and stderr as pipes the worker reads as fast as the log goes out: a job
+  that prints faster than that blocks on its writes, as under a slow terminal.
 
 A stdout line `::set-output key=value` (or `::set-output name=key::value`) also
 sets an output. Exit 0 completes the job; anything else fails it, retryable, with
-the exit code and the tail of the output.
+the exit code and the last lines of its output (stdout and stderr, in order).
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import click
 import trio
 
-from actors.models import QueuedJob
+from actors.models import LogStream, QueuedJob
 
 from .worker import JobContext, JobFailed, Worker, WorkerError, default_worker_id
 
@@ -48,29 +52,142 @@ KILL_GRACE_SECS = 5.0
 # A failure's error text carries at most this much of the job's last output.
 TAIL_LINES = 20
 TAIL_BYTES = 2048
-# A line longer than this is logged in pieces rather than held back.
-_MAX_PARTIAL_CHARS = 16 * 1024
+# A stdout line longer than this is logged but not read as `::set-output`.
+_MAX_OUTPUT_LINE_CHARS = 64 * 1024
 # Variables of the worker that a job must not inherit.
 _PRIVATE_ENV = ("WORKER_TOKEN",)
-
+# A pipe's default capacity: one read takes all that is in it.
 _READ_SIZE = 65536
+# Once the job is over, what is still in its pipes is read for at most this many rounds
+# (a process that escaped the group may hold them open and keep writing).
+_FINAL_READ_ROUNDS = 64
+
+# Stands by while the worker lives. Its first line is the job's process group; a
+# second line means the job is over. End of input without it means the worker died:
+# the group gets SIGTERM, then SIGKILL after the grace, as on a cancel.
+_WATCHDOG = """
+read -r group && [ -n "$group" ] || exit 0
+read -r _ || { kill -TERM -"$group"; sleep "$1"; kill -KILL -"$group"; } 2>/dev/null
+"""
 
 
 class _Tail:
-    """The last lines of a job's combined output, for its failure message."""
+    """The end of the job's output as read (stdout and stderr interleaved), for its failure."""
 
     def __init__(self) -> None:
-        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self._text = ""
 
     def add(self, text: str) -> None:
-        self._lines.append(text[-TAIL_BYTES:])
+        # Characters, at least as many as the bytes kept: enough for TAIL_BYTES.
+        self._text = (self._text + text)[-2 * TAIL_BYTES :]
 
     def text(self) -> str:
-        joined = "".join(self._lines).rstrip("\n")
+        joined = "\n".join(self._text.rstrip("\n").split("\n")[-TAIL_LINES:])
         encoded = joined.encode()
         if len(encoded) > TAIL_BYTES:
             joined = encoded[-TAIL_BYTES:].decode("utf-8", "ignore")
         return joined
+
+
+class _SetOutputLines:
+    """Finds `::set-output` lines in stdout arriving in pieces of any size."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._in_long_line = False
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        if self._in_long_line:
+            newline = text.find("\n")
+            if newline < 0:
+                return []
+            self._in_long_line = False
+            text = text[newline + 1 :]
+        complete, _, self._partial = (self._partial + text).rpartition("\n")
+        if len(self._partial) > _MAX_OUTPUT_LINE_CHARS:
+            self._partial, self._in_long_line = "", True
+        if "::set-output " not in complete:
+            return []
+        return [pair for line in complete.split("\n") if (pair := _parse_set_output(line))]
+
+    def finish(self) -> list[tuple[str, str]]:
+        pair = None if self._in_long_line else _parse_set_output(self._partial)
+        return [pair] if pair else []
+
+
+class _OutputReader:
+    """Reads the job's stdout and stderr pipes into `emit`, keeping their order.
+
+    Two pipes cannot say which of two writes came first, so each round reads stderr,
+    then stdout, and hands on stdout's data first: whatever the job had written to
+    stdout before something on stderr is then always logged before it. (Output
+    both pipes gained within one round, or while the job was held back, may
+    interleave in pipe-sized pieces.)
+    """
+
+    def __init__(self, fds: dict[LogStream, int], emit: Callable[[str, LogStream], None]) -> None:
+        self._open = dict(fds)
+        self._decoders = {
+            stream: codecs.getincrementaldecoder("utf-8")(errors="replace") for stream in fds
+        }
+        self._emit = emit
+        self._finishing = False
+        self._waiting = trio.CancelScope()
+        self.at_eof = trio.Event()
+
+    def finish(self) -> None:
+        """Read what is in the pipes now and stop, even if something still holds them open."""
+        self._finishing = True
+        self._waiting.cancel()
+
+    async def run(self, wait_room: Callable[[], Awaitable[None]]) -> None:
+        rounds = 0
+        while self._open:
+            await wait_room()
+            progress = self._read_round()
+            if self._finishing:
+                rounds += 1
+                if not progress or rounds > _FINAL_READ_ROUNDS:
+                    return
+            elif not progress:
+                with trio.CancelScope() as self._waiting:
+                    await _readable(self._open.values())
+        self.at_eof.set()
+
+    def _read_round(self) -> bool:
+        err = self._read(LogStream.stderr)
+        out = self._read(LogStream.stdout)
+        for stream, text in ((LogStream.stdout, out), (LogStream.stderr, err)):
+            if text:
+                self._emit(text, stream)
+        return out is not None or err is not None
+
+    def _read(self, stream: LogStream) -> str | None:
+        """The text read from the stream's pipe, "" at its end, None if nothing was there."""
+        fd = self._open.get(stream)
+        if fd is None:
+            return None
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return None
+        # Incremental: a multibyte character split across two reads still decodes.
+        if not data:
+            del self._open[stream]
+            return self._decoders[stream].decode(b"", final=True)
+        return self._decoders[stream].decode(data)
+
+
+async def _readable(fds: Collection[int]) -> None:
+    """Return once any of `fds` is readable (or at its end)."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(fd: int) -> None:
+            await trio.lowlevel.wait_readable(fd)
+            nursery.cancel_scope.cancel()
+
+        for fd in fds:
+            nursery.start_soon(wait, fd)
 
 
 def _parse_set_output(line: str) -> tuple[str, str] | None:
@@ -129,6 +246,7 @@ def _job_env(job: QueuedJob, upstream_file: Path, output_file: Path) -> dict[str
         WFG_ATTEMPT=str(job.attempt),
         WFG_UPSTREAM_OUTPUTS=str(upstream_file),
         WFG_OUTPUT=str(output_file),
+        GITHUB_OUTPUT=str(output_file),
     )
     return env
 
@@ -156,27 +274,42 @@ async def _stop_group(process: trio.Process) -> None:
         await process.wait()
 
 
-async def _pump(
-    stream: trio.abc.ReceiveStream, on_text: Callable[[str], None], done: trio.Event
-) -> None:
-    """Read a pipe to EOF, handing on whole lines (and over-long pieces) as text."""
-    # Incremental: a multibyte character split across two reads still decodes.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    partial = ""
+@asynccontextmanager
+async def _watchdog() -> AsyncIterator[Callable[[int], None]]:
+    """A process that kills a job's group should this worker die first; yields `watch(pgid)`.
+
+    The worker holds the only write end of the watchdog's stdin, so the kernel closes
+    it however the worker ends; on leaving the block the watchdog is told to stand down.
+    """
+    read_end, write_end = os.pipe()
     try:
-        while data := await stream.receive_some(_READ_SIZE):
-            *lines, partial = (partial + decoder.decode(data)).split("\n")
-            for line in lines:
-                on_text(line + "\n")
-            if len(partial) > _MAX_PARTIAL_CHARS:
-                on_text(partial)
-                partial = ""
-        if rest := partial + decoder.decode(b"", final=True):
-            on_text(rest)
+        watchdog = await trio.lowlevel.open_process(
+            ["sh", "-c", _WATCHDOG, "wfg-watchdog", str(KILL_GRACE_SECS)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Out of the worker's group and session: what stops the worker spares it.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
     finally:
-        done.set()
+        os.close(read_end)
+    try:
+        yield lambda pgid: _write_line(write_end, str(pgid))
+    finally:
         with trio.CancelScope(shield=True):
-            await stream.aclose()
+            _write_line(write_end, "")
+            os.close(write_end)
+            await watchdog.wait()
+
+
+def _write_line(fd: int, text: str) -> None:
+    try:
+        os.write(fd, f"{text}\n".encode())
+    except OSError:
+        pass  # the watchdog is gone; nothing to tell
 
 
 async def run_shell_job(job: QueuedJob, ctx: JobContext) -> None:
@@ -193,57 +326,50 @@ async def run_shell_job(job: QueuedJob, ctx: JobContext) -> None:
         output_file = Path(tmp) / "output"
         output_file.touch()
         tail = _Tail()
+        set_outputs = _SetOutputLines()
 
-        def on_text(stream: str) -> Callable[[str], None]:
-            def handle(text: str) -> None:
-                ctx.write(text, stream)
-                tail.add(text)
-                if stream == "stdout" and (pair := _parse_set_output(text)):
-                    ctx.set_output(*pair)
+        def emit(text: str, stream: LogStream) -> None:
+            ctx.write(text, stream)
+            tail.add(text)
+            if stream == LogStream.stdout:
+                for key, value in set_outputs.feed(text):
+                    ctx.set_output(key, value)
 
-            return handle
+        async with _watchdog() as watch:
+            out_read, out_write = os.pipe()
+            err_read, err_write = os.pipe()
+            try:
+                try:
+                    process = await trio.lowlevel.open_process(
+                        ["sh", "-c", job.command],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out_write,
+                        stderr=err_write,
+                        env=_job_env(job, upstream_file, output_file),
+                        # Its own session from the first instruction: no signal of ours
+                        # reaches it, and killpg reaches everything it starts.
+                        start_new_session=True,
+                    )
+                finally:
+                    os.close(out_write)
+                    os.close(err_write)
+                watch(process.pid)
+                os.set_blocking(out_read, False)
+                os.set_blocking(err_read, False)
+                reader = _OutputReader(
+                    {LogStream.stdout: out_read, LogStream.stderr: err_read}, emit
+                )
+                timed_out = await _run_to_end(process, reader, ctx, job.timeout_secs)
+            finally:
+                os.close(out_read)
+                os.close(err_read)
 
-        process = await trio.lowlevel.open_process(
-            ["sh", "-c", job.command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_job_env(job, upstream_file, output_file),
-            # Its own session from the first instruction: no signal of ours reaches
-            # it, and killpg reaches everything it starts.
-            start_new_session=True,
-        )
-        assert process.stdout is not None and process.stderr is not None
-        timed_out = False
-        try:
-            async with trio.open_nursery() as nursery:
-                out_done, err_done = trio.Event(), trio.Event()
-                nursery.start_soon(_pump, process.stdout, on_text("stdout"), out_done)
-                nursery.start_soon(_pump, process.stderr, on_text("stderr"), err_done)
-                timeout = job.timeout_secs if job.timeout_secs else math.inf
-                with trio.move_on_after(timeout):
-                    await process.wait()
-                if process.returncode is None:
-                    timed_out = True
-                    await _stop_group(process)
-                else:
-                    # The command is done; children it left behind would hold the
-                    # pipes open forever, so the job's end is their end too.
-                    _signal_group(process, signal.SIGTERM)
-                with trio.move_on_after(KILL_GRACE_SECS):
-                    await out_done.wait()
-                    await err_done.wait()
-                _signal_group(process, signal.SIGKILL)
-                with trio.move_on_after(1):
-                    await out_done.wait()
-                    await err_done.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            await _stop_group(process)
-
+        for key, value in set_outputs.finish():
+            ctx.set_output(key, value)
         if timed_out:
             raise JobFailed(f"timeout after {job.timeout_secs} s", retryable=True)
         code = process.returncode
+        assert code is not None  # reaped by `_run_to_end`
         if code != 0:
             if code < 0:
                 try:
@@ -258,6 +384,33 @@ async def run_shell_job(job: QueuedJob, ctx: JobContext) -> None:
             ctx.set_output(key, value)
 
 
+async def _run_to_end(
+    process: trio.Process, reader: _OutputReader, ctx: JobContext, timeout_secs: int | None
+) -> bool:
+    """Wait for the command and read its output to the end; True if it timed out."""
+    timed_out = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run, ctx.drain)
+            with trio.move_on_after(timeout_secs if timeout_secs else math.inf):
+                await process.wait()
+            if process.returncode is None:
+                timed_out = True
+                await _stop_group(process)
+            else:
+                # The command is done; children it left behind would hold the pipes
+                # open forever, so the job's end is their end too.
+                _signal_group(process, signal.SIGTERM)
+            with trio.move_on_after(KILL_GRACE_SECS):
+                await reader.at_eof.wait()
+            _signal_group(process, signal.SIGKILL)
+            # What the job wrote is read to the end, however long the log takes to send.
+            reader.finish()
+    finally:
+        await _stop_group(process)
+    return timed_out
+
+
 # --- the command -------------------------------------------------------------
 
 
@@ -265,9 +418,20 @@ def _split_labels(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
 
-async def _serve(worker: Worker) -> int:
+async def _serve(worker: Worker, watch_stdin: bool = False) -> int:
     """Run `worker` under signal control; the process exit code."""
     exit_code = 0
+
+    async def on_stdin_closed() -> None:
+        nonlocal exit_code
+        # A dup: the stream owns (and closes) its descriptor, stdin stays as it was.
+        async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+            while await stdin.receive_some():
+                pass
+        # Nobody to report to: stop the jobs (their cleanup is shielded) and exit now.
+        log.info("stdin closed (the supervising process is gone): killing running jobs")
+        exit_code = 1
+        nursery.cancel_scope.cancel()
 
     async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal exit_code
@@ -296,6 +460,8 @@ async def _serve(worker: Worker) -> int:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signals)
+        if watch_stdin:
+            nursery.start_soon(on_stdin_closed)
         await worker.run()
         nursery.cancel_scope.cancel()
     log.info("%s stopped", worker.worker_id)
@@ -334,6 +500,12 @@ async def _serve(worker: Worker) -> int:
     show_default=True,
     help="Seconds between claims when the server does not long-poll.",
 )
+@click.option(
+    "--watch-stdin",
+    is_flag=True,
+    help="Kill running jobs and exit when stdin reaches its end: a supervisor holding"
+    " the other end of a pipe takes its workers with it when it dies.",
+)
 def worker_command(
     server: str,
     labels: str,
@@ -341,11 +513,13 @@ def worker_command(
     concurrency: int,
     lease_ttl: int,
     poll_interval: float,
+    watch_stdin: bool,
 ) -> None:
     """Claim jobs from the server and run their commands with `sh -c`.
 
     First SIGTERM/SIGINT: stop claiming, let running jobs finish, exit 0.
     A second: kill running jobs, report them failed (retryable), exit 128+signal.
+    A job's process group never outlives the worker, even one killed with SIGKILL.
     """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("wfg worker: %(message)s"))
@@ -373,7 +547,7 @@ def worker_command(
         concurrency,
     )
     try:
-        code = trio.run(_serve, worker)
+        code = trio.run(_serve, worker, watch_stdin)
     except WorkerError as exc:
         log.error("%s", exc)
         sys.exit(2)

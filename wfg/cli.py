@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from actors.models import JobStatus, Run, RunAccepted, RunStatus
+from actors.models import JobStatus, LogChunk, Run, RunAccepted, RunStatus
 
 from . import _render as render
 from ._errors import ClientError, ServerUnreachable, WorkflowApiError
@@ -113,6 +113,15 @@ follow_run_option = click.option(
     "-f",
     is_flag=True,
     help="Watch the run until it ends; exit 1 unless it succeeds.",
+)
+reconnect_option = click.option(
+    "--reconnect",
+    "reconnect_secs",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="SECS",
+    help="With --follow: when the server goes away, keep trying this long (0: give up at once).",
 )
 
 
@@ -238,6 +247,7 @@ def workers_command(state: _State, as_json: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @run_option
 @click.option("--follow", "-f", is_flag=True, help="Stream the log live until the job ends.")
+@reconnect_option
 @json_option
 @pass_state
 def logs_command(
@@ -246,30 +256,33 @@ def logs_command(
     job_id: str,
     number: int | None,
     follow: bool,
+    reconnect_secs: float,
     as_json: bool,
 ) -> None:
     """Print a job's log in the latest run, or in run N.
 
-    What the job wrote to stderr goes to stderr. With --json, the log chunks:
-    a JSON array, or with --follow one chunk per line.
+    What the job wrote to stderr goes to stderr. A line such as `── attempt 2 ──`
+    marks where a retry's output starts. With --json, the log chunks: a JSON
+    array, or with --follow one chunk per line.
     """
-    from ._follow import write_chunk
+    from ._follow import LogWriter, Reconnector, follow_log
 
     client = state.client()
+    write: Callable[[LogChunk], None]
+    if as_json:
+        write = lambda chunk: click.echo(chunk.model_dump_json())  # noqa: E731
+    else:
+        write = LogWriter(render.is_plain())
     if not follow:
         chunks = client.get_logs(workflow_id, job_id, run=number)
         if as_json:
             _print_json(chunks)
             return
         for chunk in chunks:
-            write_chunk(chunk)
+            write(chunk)
         return
     try:
-        for chunk in client.stream_logs(workflow_id, job_id, run=number):
-            if as_json:
-                click.echo(chunk.model_dump_json())
-            else:
-                write_chunk(chunk)
+        follow_log(client, workflow_id, job_id, write, Reconnector(reconnect_secs), run=number)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 
@@ -307,10 +320,16 @@ def _parse_inputs(
     help="An input of the run (repeatable), checked against the workflow's declared inputs.",
 )
 @follow_run_option
+@reconnect_option
 @json_option
 @pass_state
 def run_command(
-    state: _State, workflow_id: str, inputs: dict[str, str], follow: bool, as_json: bool
+    state: _State,
+    workflow_id: str,
+    inputs: dict[str, str],
+    follow: bool,
+    reconnect_secs: float,
+    as_json: bool,
 ) -> None:
     """Start a run of a workflow, with inputs.
 
@@ -319,7 +338,7 @@ def run_command(
     the run once it has ended.
     """
     accepted = state.client().run_workflow(workflow_id, inputs or None)
-    _started(state, accepted, None, follow, as_json)
+    _started(state, accepted, None, follow, reconnect_secs, as_json)
 
 
 @cli.command("rerun")
@@ -329,6 +348,7 @@ def run_command(
     "--failed", is_flag=True, help="Keep the jobs that succeeded; run the failed and the rest."
 )
 @follow_run_option
+@reconnect_option
 @json_option
 @pass_state
 def rerun_command(
@@ -337,6 +357,7 @@ def rerun_command(
     number: int | None,
     failed: bool,
     follow: bool,
+    reconnect_secs: float,
     as_json: bool,
 ) -> None:
     """Re-run a finished run (the latest by default).
@@ -351,14 +372,19 @@ def rerun_command(
             fail(f"workflow '{workflow_id}' has never run: nothing to re-run", EXIT_FAILED)
         number = latest.number
     accepted = client.rerun(workflow_id, number, failed_only=failed)
-    _started(state, accepted, number, follow, as_json)
+    _started(state, accepted, number, follow, reconnect_secs, as_json)
 
 
 def _started(
-    state: _State, accepted: RunAccepted, rerun_of: int | None, follow: bool, as_json: bool
+    state: _State,
+    accepted: RunAccepted,
+    rerun_of: int | None,
+    follow: bool,
+    reconnect_secs: float,
+    as_json: bool,
 ) -> None:
     """Report a run just accepted; with `follow`, watch it and exit 0 iff it succeeds."""
-    from ._watch import follow_run, snapshots
+    from ._follow import Reconnector, follow_run, snapshots
 
     if not follow:
         if as_json:
@@ -368,14 +394,15 @@ def _started(
         return
     client = state.client()
     workflow_id, number = accepted.workflow_id, accepted.number
+    reconnect = Reconnector(reconnect_secs)
     try:
         if as_json:
-            *_, final = snapshots(client, workflow_id, number)
+            *_, final = snapshots(client, workflow_id, number, reconnect=reconnect)
             _print_json(final)
         else:
             out = render.make_output()
             out.console.print(render.accepted_line(accepted, rerun_of), markup=False)
-            final = follow_run(client, workflow_id, number, out)
+            final = follow_run(client, workflow_id, number, out, reconnect)
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching; run {number} of {workflow_id} continues", err=True)
         click.echo(f"(wfg cancel {workflow_id} --run {number} stops it)", err=True)

@@ -16,8 +16,8 @@ asyncio; the worker agent uses it for the worker protocol.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -28,7 +28,7 @@ from actors.models import Claim, LogChunk, Run, RunAccepted, WorkerInfo, Workflo
 from . import _calls as calls
 from ._calls import ChunkSource, WorkflowSource
 from ._errors import ClientError, ServerUnreachable
-from ._sse import EventParser
+from ._sse import Event, EventParser
 
 __all__ = ["AsyncClient", "Client", "DEFAULT_SERVER_URL"]
 
@@ -71,10 +71,13 @@ class _Base:
             args["json"] = body
         return args
 
-    def _stream_args(self) -> dict[str, Any]:
+    def _stream_args(self, last_event_id: str | None) -> dict[str, Any]:
         # The stream idles between chunks (keep-alives every 15 s), so no read timeout.
         timeout = httpx.Timeout(self._timeout, read=None)
-        return {"headers": self._headers(_READ_CALL), "timeout": timeout}
+        headers = self._headers(_READ_CALL)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        return {"headers": headers, "timeout": timeout}
 
     def _translate(self, exc: httpx.HTTPError) -> ClientError:
         """The client error for a transport failure (an answer never arrived)."""
@@ -103,11 +106,14 @@ def _connect_reason(exc: httpx.HTTPError) -> str:
     return text.split("] ", 1)[-1].lower()
 
 
-def _chunk_from(event_data: str) -> LogChunk:
+def _log_event(event: Event | None) -> tuple[str | None, LogChunk] | None:
+    """A log event's id and chunk; None for other events (and for no event yet)."""
+    if event is None or event.event not in ("log", "message"):
+        return None
     try:
-        return LogChunk.model_validate_json(event_data)
+        return event.id, LogChunk.model_validate_json(event.data)
     except ValueError as exc:
-        raise ClientError(f"unexpected log event: {event_data[:200]!r}") from exc
+        raise ClientError(f"unexpected log event: {event.data[:200]!r}") from exc
 
 
 class Client(_Base):
@@ -221,7 +227,12 @@ class Client(_Base):
     get_job_logs = get_logs
 
     def stream_logs(
-        self, workflow_id: str, job_id: str, *, run: int | None = None
+        self,
+        workflow_id: str,
+        job_id: str,
+        *,
+        run: int | None = None,
+        last_event_id: str | None = None,
     ) -> Iterator[LogChunk]:
         """Stored chunks, then live ones, until the server ends the stream after the
         job's last chunk. `run` picks the run (default: the latest run).
@@ -229,17 +240,32 @@ class Client(_Base):
         The request is made on the first `next()`; close the generator (or let
         the loop finish) to drop the connection.
         """
-        with self._stream(calls.logs_path(workflow_id, job_id, run) + "/stream") as response:
+        for _, chunk in self.stream_log_events(
+            workflow_id, job_id, run=run, last_event_id=last_event_id
+        ):
+            yield chunk
+
+    def stream_log_events(
+        self,
+        workflow_id: str,
+        job_id: str,
+        *,
+        run: int | None = None,
+        last_event_id: str | None = None,
+    ) -> Iterator[tuple[str | None, LogChunk]]:
+        """`stream_logs` with each chunk's event id; pass the last one seen as
+        `last_event_id` to resume a broken stream where it stopped."""
+        path = calls.logs_path(workflow_id, job_id, run) + "/stream"
+        with self._stream(path, last_event_id) as response:
             parser = EventParser()
             for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is not None and event.event in ("log", "message"):
-                    yield _chunk_from(event.data)
+                if item := _log_event(parser.feed(line)):
+                    yield item
 
     @contextmanager
-    def _stream(self, path: str) -> Iterator[httpx.Response]:
+    def _stream(self, path: str, last_event_id: str | None) -> Iterator[httpx.Response]:
         try:
-            with self._http.stream("GET", path, **self._stream_args()) as response:
+            with self._http.stream("GET", path, **self._stream_args(last_event_id)) as response:
                 if not response.is_success:
                     response.read()
                 calls.raise_for_status(response)
@@ -387,24 +413,44 @@ class AsyncClient(_Base):
     get_job_logs = get_logs
 
     async def stream_logs(
-        self, workflow_id: str, job_id: str, *, run: int | None = None
+        self,
+        workflow_id: str,
+        job_id: str,
+        *,
+        run: int | None = None,
+        last_event_id: str | None = None,
     ) -> AsyncIterator[LogChunk]:
         """Stored chunks, then live ones, until the server ends the stream.
 
         To stop early, wrap it in `contextlib.aclosing` so the connection is
         closed at once rather than when the generator is collected.
         """
+        events = self.stream_log_events(workflow_id, job_id, run=run, last_event_id=last_event_id)
+        async with aclosing(events):
+            async for _, chunk in events:
+                yield chunk
+
+    async def stream_log_events(
+        self,
+        workflow_id: str,
+        job_id: str,
+        *,
+        run: int | None = None,
+        last_event_id: str | None = None,
+    ) -> AsyncGenerator[tuple[str | None, LogChunk], None]:
+        """`stream_logs` with each chunk's event id; pass the last one seen as
+        `last_event_id` to resume a broken stream where it stopped."""
         path = calls.logs_path(workflow_id, job_id, run) + "/stream"
         try:
-            async with self._http.stream("GET", path, **self._stream_args()) as response:
+            args = self._stream_args(last_event_id)
+            async with self._http.stream("GET", path, **args) as response:
                 if not response.is_success:
                     await response.aread()
                 calls.raise_for_status(response)
                 parser = EventParser()
                 async for line in response.aiter_lines():
-                    event = parser.feed(line)
-                    if event is not None and event.event in ("log", "message"):
-                        yield _chunk_from(event.data)
+                    if item := _log_event(parser.feed(line)):
+                        yield item
         except httpx.HTTPError as exc:
             raise self._translate(exc) from exc
 

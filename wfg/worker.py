@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import re
 import secrets
 import socket
@@ -34,6 +33,7 @@ import trio
 from actors.clock import now_ms
 from actors.models import ID_PATTERN, Claim, Lease, LogChunk, LogStream, QueuedJob
 
+from ._backoff import Backoff
 from ._errors import ClientError, WorkflowApiError
 from .client import AsyncClient
 
@@ -43,17 +43,21 @@ log = logging.getLogger("wfg.worker")
 
 Handler = Callable[[QueuedJob, "JobContext"], Awaitable[None]]
 
-# Log batching: a push goes out at most this long after its oldest line was written,
-# and carries at most this many bytes.
+# Log batching: a push goes out at most this long after its oldest data was written,
+# and carries at most this many characters of data.
 LOG_BATCH_DELAY_SECS = 0.25
-LOG_BATCH_MAX_BYTES = 64 * 1024
-# One chunk's `data` at most, in characters, so a single huge write still splits.
+LOG_BATCH_MAX_BYTES = 256 * 1024
+# One chunk's `data` at most, in characters. Consecutive writes to one stream share a
+# chunk up to this size, so a chatty job makes few large chunks, not one per line.
 _CHUNK_MAX_CHARS = 16 * 1024
-# Per-chunk JSON envelope, counted against the batch limit.
-_CHUNK_OVERHEAD_BYTES = 128
-# Log kept in memory while the server cannot take it; beyond this, output is dropped
-# (and a marker line says how much) rather than letting a chatty job exhaust memory.
-_MAX_PENDING_LOG_BYTES = 8 * 1024 * 1024
+# Past this much unsent log a writer that waits (`JobContext.drain`) is held back, as
+# a terminal holds back a program that prints faster than it can show.
+LOG_HIGH_WATER_CHARS = 4 * 1024 * 1024
+# The most kept in memory. A writer that does not wait, or one that waits while the
+# server has taken no logs for LOG_STALL_SECS, has the oldest unsent output dropped
+# instead (the end of a log is where the error is), and a notice says how much.
+MAX_PENDING_LOG_CHARS = 8 * 1024 * 1024
+LOG_STALL_SECS = 30.0
 # The contract asks for the cancellation check at least every 2 s.
 CANCEL_CHECK_INTERVAL_SECS = 1.0
 # Long-poll length of a claim. Work still arrives within milliseconds (the server
@@ -89,74 +93,108 @@ def default_worker_id() -> str:
     return f"{host}-{secrets.token_hex(3)}"
 
 
-class _Backoff:
-    """Capped exponential delays with jitter, so restarted servers are not stampeded."""
+@dataclass(slots=True)
+class _Piece:
+    """Unsent output of one stream, to become one chunk; writes append to the newest."""
 
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self._failures = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self._failures, 30))
-        self._failures += 1
-        # "Equal jitter": never shorter than half the step, never in lockstep.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self._failures = 0
+    stream: LogStream
+    written_at: float  # trio clock, for the batch delay
+    timestamp_ms: int
+    parts: list[str] = field(default_factory=list)
+    chars: int = 0
 
 
 class _LogBuffer:
-    """The job's log lines waiting to be pushed, numbered from 0 in write order.
+    """The job's unsent log, handed out in batches of chunks numbered from 0 in write order.
 
-    Writes never block. `next_batch` hands out batches of at most
-    `LOG_BATCH_MAX_BYTES`, waiting no longer than `LOG_BATCH_DELAY_SECS` after the
-    oldest pending line was written, and returns `[]` once closed and empty.
+    `write` never blocks. `wait_room` blocks while `LOG_HIGH_WATER_CHARS` are unsent,
+    unless the server has taken no logs for `LOG_STALL_SECS` (the pusher reports
+    through `push_failed` / `push_succeeded`). Past `MAX_PENDING_LOG_CHARS` the
+    oldest unsent output goes and a notice takes its place. `next_batch` waits no
+    longer than `LOG_BATCH_DELAY_SECS` after the oldest unsent write and returns `[]`
+    once closed and empty.
     """
 
     def __init__(self, workflow_id: str, job_id: str) -> None:
         self._workflow_id = workflow_id
         self._job_id = job_id
-        self._pending: deque[tuple[float, int, LogChunk]] = deque()
-        self._pending_bytes = 0
+        self._pending: deque[_Piece] = deque()
+        self._pending_chars = 0
         self._next_sequence = 0
         self._dropped_bytes = 0
+        self._dropped_lines = 0
+        self._drop_reason = ""
+        self._failing_since: float | None = None
         self._closed = False
         self._changed = trio.lowlevel.ParkingLot()
 
     def write(self, data: str, stream: LogStream) -> None:
         if self._closed or not data:
             return
-        for start in range(0, len(data), _CHUNK_MAX_CHARS):
-            self._append(data[start : start + _CHUNK_MAX_CHARS], stream)
+        last = self._pending[-1] if self._pending else None
+        while data:
+            if last is None or last.stream != stream or last.chars >= _CHUNK_MAX_CHARS:
+                last = _Piece(stream, trio.current_time(), now_ms())
+                self._pending.append(last)
+            room = _CHUNK_MAX_CHARS - last.chars
+            if len(data) <= room:
+                cut = len(data)
+            else:
+                # Chunks end at line ends: readers (and the server's trimming) see whole
+                # lines. Only a line longer than a chunk is cut.
+                cut = data.rfind("\n", 0, room) + 1
+                if not cut and last.chars:
+                    last = None
+                    continue
+                cut = cut or room
+            last.parts.append(data[:cut])
+            last.chars += cut
+            self._pending_chars += cut
+            data = data[cut:]
+        while self._pending_chars > MAX_PENDING_LOG_CHARS and len(self._pending) > 1:
+            self._drop_oldest()
         self._changed.unpark_all()
 
-    def _append(self, data: str, stream: LogStream) -> None:
-        size = len(data.encode("utf-8", "replace")) + _CHUNK_OVERHEAD_BYTES
-        if self._pending_bytes + size > _MAX_PENDING_LOG_BYTES:
-            self._dropped_bytes += size - _CHUNK_OVERHEAD_BYTES
-            return
-        if self._dropped_bytes:
-            dropped, self._dropped_bytes = self._dropped_bytes, 0
-            note = (
-                f"[wfg worker: {dropped} bytes of output dropped: the server was not taking logs]\n"
+    def _drop_oldest(self) -> None:
+        piece = self._pending.popleft()
+        self._pending_chars -= piece.chars
+        text = "".join(piece.parts)
+        if not self._dropped_bytes:
+            self._drop_reason = (
+                "the server was not taking logs"
+                if self._stalled()
+                else "the job wrote faster than its log could be sent"
             )
-            self._enqueue(note, LogStream.stderr, len(note) + _CHUNK_OVERHEAD_BYTES)
-        self._enqueue(data, stream, size)
+        self._dropped_bytes += len(text.encode("utf-8", "replace"))
+        self._dropped_lines += text.count("\n")
 
-    def _enqueue(self, data: str, stream: LogStream, size: int) -> None:
-        chunk = LogChunk(
-            workflow_id=self._workflow_id,
-            job_id=self._job_id,
-            sequence=self._next_sequence,
-            data=data,
-            timestamp_ms=now_ms(),
-            stream=stream,
+    def _stalled(self) -> bool:
+        return (
+            self._failing_since is not None
+            and trio.current_time() - self._failing_since >= LOG_STALL_SECS
         )
-        self._next_sequence += 1
-        self._pending.append((trio.current_time(), size, chunk))
-        self._pending_bytes += size
+
+    async def wait_room(self) -> None:
+        """Return once the writer may go on: room in the buffer, closed, or the server stalled."""
+        # A checkpoint even when there is room, so a writer in a loop lets others run.
+        await trio.lowlevel.checkpoint()
+        while self._pending_chars >= LOG_HIGH_WATER_CHARS and not self._closed:
+            if self._failing_since is None:
+                stall_at = math.inf
+            else:
+                stall_at = self._failing_since + LOG_STALL_SECS
+            if trio.current_time() >= stall_at:
+                return
+            with trio.move_on_at(stall_at):
+                await self._changed.park()
+
+    def push_failed(self) -> None:
+        if self._failing_since is None:
+            self._failing_since = trio.current_time()
+            self._changed.unpark_all()
+
+    def push_succeeded(self) -> None:
+        self._failing_since = None
 
     def close(self) -> None:
         """No more writes; `next_batch` drains what is left without waiting."""
@@ -166,32 +204,72 @@ class _LogBuffer:
     def discard(self) -> None:
         """Close and forget everything pending (the lease is gone, nobody will take it)."""
         self._pending.clear()
-        self._pending_bytes = 0
+        self._pending_chars = 0
+        self._dropped_bytes = 0
         self.close()
 
     async def next_batch(self) -> list[LogChunk]:
-        while not self._pending:
+        while not self._pending and not self._dropped_bytes:
             if self._closed:
                 return []
             await self._changed.park()
-        with trio.move_on_at(self._pending[0][0] + LOG_BATCH_DELAY_SECS):
-            while self._pending_bytes < LOG_BATCH_MAX_BYTES and not self._closed:
-                await self._changed.park()
+        if self._pending:
+            with trio.move_on_at(self._pending[0].written_at + LOG_BATCH_DELAY_SECS):
+                while self._pending_chars < LOG_BATCH_MAX_BYTES and not self._closed:
+                    await self._changed.park()
         batch: list[LogChunk] = []
+        if self._dropped_bytes:
+            # Where the dropped output was: just before what is left of the backlog.
+            note = (
+                f"[wfg worker: {self._dropped_bytes} bytes ({self._dropped_lines} lines) of"
+                f" output dropped here: {self._drop_reason}]\n"
+            )
+            batch.append(self._chunk(note, LogStream.stderr, now_ms()))
+            self._dropped_bytes = self._dropped_lines = 0
         taken = 0
-        while self._pending and (not batch or taken + self._pending[0][1] <= LOG_BATCH_MAX_BYTES):
-            _, size, chunk = self._pending.popleft()
-            self._pending_bytes -= size
-            taken += size
-            batch.append(chunk)
+        while self._pending and (
+            taken == 0 or taken + self._pending[0].chars <= LOG_BATCH_MAX_BYTES
+        ):
+            piece = self._pending.popleft()
+            text = "".join(piece.parts)
+            if not self._pending and not self._closed and not text.endswith("\n"):
+                # The newest piece ends in a partial line: send the whole lines now and
+                # give the rest up to the batch delay to end its line.
+                cut = text.rfind("\n") + 1
+                if cut:
+                    rest = _Piece(piece.stream, trio.current_time(), now_ms(), [text[cut:]])
+                    rest.chars = len(text) - cut
+                    self._pending.append(rest)
+                    self._pending_chars -= cut
+                    batch.append(self._chunk(text[:cut], piece.stream, piece.timestamp_ms))
+                    break
+            self._pending_chars -= len(text)
+            taken += len(text)
+            batch.append(self._chunk(text, piece.stream, piece.timestamp_ms))
+        self._changed.unpark_all()  # room for a writer held back
         return batch
+
+    def _chunk(self, data: str, stream: LogStream, timestamp_ms: int) -> LogChunk:
+        chunk = LogChunk(
+            workflow_id=self._workflow_id,
+            job_id=self._job_id,
+            sequence=self._next_sequence,
+            data=data,
+            timestamp_ms=timestamp_ms,
+            stream=stream,
+        )
+        self._next_sequence += 1
+        return chunk
 
 
 class JobContext:
     """What a handler can do with the job it runs.
 
     - `log(text)` / `write(data)` add to the job's log (never block, never raise
-      for network trouble); lines reach the server within about 250 ms.
+      for network trouble); lines reach the server within about 250 ms. A handler
+      that writes a lot awaits `drain()` between writes to be held back while the
+      log is behind; one that does not has its oldest unsent output dropped past
+      8 Mi characters (the log says where and how much).
     - `set_output(key, value)` sets an output, sent with the completion.
     - `cancelled` turns true (and `wait_cancelled()` returns) when the worker stops
       the handler: the job was cancelled, the lease was lost, or the worker is
@@ -255,6 +333,14 @@ class JobContext:
     def write(self, data: str, stream: str | LogStream = "stdout") -> None:
         """Log `data` exactly as given (for output that arrives in pieces)."""
         self._logs.write(data, LogStream(stream))
+
+    async def drain(self) -> None:
+        """Wait while much of the log is unsent, so writing faster than it goes out blocks.
+
+        Returns at once while there is room, and also when the server has not taken
+        logs for `LOG_STALL_SECS`: then the oldest unsent output is dropped instead.
+        """
+        await self._logs.wait_room()
 
     def set_output(self, key: str, value: str) -> None:
         if not key:
@@ -347,8 +433,9 @@ class Worker:
       (409) the handler is cancelled and nothing is reported for that job;
     - cancellation is checked at least every 2 s; a cancelled job's handler is
       cancelled and the job reported failed, not retryable;
-    - log lines are pushed in order, numbered from 0, in batches of at most
-      64 KiB sent within ~250 ms, and the last batch is pushed before the result;
+    - log output is pushed in order, in chunks numbered from 0, in batches of at
+      most 256 Ki characters sent within ~250 ms, and the last batch is pushed
+      before the result;
     - the result is retried through network errors and 5xx answers until it is
       delivered or the lease would have expired; a 409 drops it (with a log line).
 
@@ -455,7 +542,7 @@ class Worker:
         return False
 
     async def _claim_loop(self, jobs: trio.Nursery) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         registered = False
         while not self._stopping:
             # Only ask for work when a slot is free.
@@ -597,7 +684,8 @@ class Worker:
         reason = _LEASE_LOST
         with trio.move_on_after(2):
             try:
-                if await self._client.is_cancelled(run.claim.job.workflow_id, run.claim.job.job_id):
+                job = run.claim.job
+                if await self._client.is_cancelled(job.workflow_id, job.job_id, run=job.run_id):
                     reason = _CANCELLED
             except ClientError:
                 pass
@@ -607,7 +695,7 @@ class Worker:
 
     async def _keep_lease(self, run: _JobRun) -> None:
         interval = run.claim.lease.ttl_secs / 3
-        backoff = _Backoff(cap=interval)
+        backoff = Backoff(cap=interval)
         delay = interval
         while True:
             await trio.sleep(delay)
@@ -634,7 +722,9 @@ class Worker:
             await trio.sleep(CANCEL_CHECK_INTERVAL_SECS)
             try:
                 with _bounded(CANCEL_CHECK_INTERVAL_SECS * 2):
-                    cancelled = await self._client.is_cancelled(job.workflow_id, job.job_id)
+                    cancelled = await self._client.is_cancelled(
+                        job.workflow_id, job.job_id, run=job.run_id
+                    )
             except (ClientError, _TimedOut):
                 continue  # unknown is not cancelled; ask again next tick
             if cancelled:
@@ -649,12 +739,15 @@ class Worker:
         finally:
             run.logs_done.set()
 
-    async def _push_batch(self, run: _JobRun, batch: list[LogChunk]) -> None:
-        backoff = _Backoff()
+    async def _push_batch(
+        self, run: _JobRun, batch: list[LogChunk], *, say_refusal: bool = True
+    ) -> None:
+        backoff = Backoff()
         while not run.refused:
             try:
                 with _bounded(30):
                     await self._client.push_logs(run.lease_id, batch)
+                run.logs.push_succeeded()
                 return
             except WorkflowApiError as exc:
                 if exc.status == 409:
@@ -667,9 +760,14 @@ class Worker:
                     return
                 if exc.status < 500 and exc.status not in (408, 429):
                     log.warning("job %s: %d log chunk(s) refused: %s", run.name, len(batch), exc)
+                    if say_refusal:
+                        # The log itself says what is missing from it.
+                        notice = _refusal_notice(batch, exc)
+                        await self._push_batch(run, [notice], say_refusal=False)
                     return
             except (ClientError, _TimedOut):
                 pass
+            run.logs.push_failed()
             delay = backoff.next()
             if trio.current_time() + delay > run.give_up_at():
                 log.warning(
@@ -680,7 +778,7 @@ class Worker:
 
     async def _report(self, run: _JobRun, outcome: _Outcome) -> bool:
         """Deliver the result; True once the server has it."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 with _bounded(30):
@@ -713,6 +811,17 @@ class Worker:
                 log.warning("job %s: result not delivered before the lease ran out", run.name)
                 return False
             await trio.sleep(delay)
+
+
+def _refusal_notice(batch: list[LogChunk], exc: WorkflowApiError) -> LogChunk:
+    size = sum(len(c.data.encode("utf-8", "replace")) for c in batch)
+    return batch[0].model_copy(
+        update={
+            "data": f"[wfg worker: {size} bytes of output refused by the server and dropped"
+            f" here: {exc}]\n",
+            "stream": LogStream.stderr,
+        }
+    )
 
 
 class _TimedOut(Exception):
