@@ -80,7 +80,8 @@ class LeaseActor(Actor):
         self._deadline = self._next_deadline() if deadline is None else deadline
         self._claimed_at_ms = lease.granted_at_ms if claimed_at_ms is None else claimed_at_ms
         # The secret values the job received; its logs, error and outputs are masked.
-        self._masker = Masker(secrets)
+        secrets = list(secrets)
+        self._masker = Masker(secrets) if secrets else None
         # Per stream, the end of the pushed text that may be the start of a secret.
         self._held: dict[LogStream, str] = {}
         self._last_sequence = -1
@@ -153,7 +154,8 @@ class LeaseActor(Actor):
                 try:
                     # Asked, not told: the push is answered once the chunks are stored.
                     with trio.CancelScope(shield=True):
-                        await self._append(self._masked(chunks) if self._masker else chunks)
+                        masker = self._masker
+                        await self._append(self._masked(masker, chunks) if masker else chunks)
                 except Exception as exc:  # noqa: BLE001 - the pusher learns why
                     if reply is not None:
                         reply.fail(exc)
@@ -161,10 +163,12 @@ class LeaseActor(Actor):
                     _answer(reply, None)
                 return False
             case ReportSuccess(outputs):
-                outputs = self._masker.mask_mapping(outputs) if self._masker else outputs
+                if self._masker is not None:
+                    outputs = self._masker.mask_mapping(outputs)
                 report = JobCompleted(self._run_id, lease.job_id, lease.lease_id, outputs)
             case ReportFailure(error, retryable):
-                error = self._masker.mask(error)
+                if self._masker is not None:
+                    error = self._masker.mask(error)
                 report = JobFailed(self._run_id, lease.job_id, lease.lease_id, error, retryable)
             case Revoke():
                 with trio.CancelScope(shield=True):
@@ -211,13 +215,13 @@ class LeaseActor(Actor):
         key = (self.lease.workflow_id, self._run_id, self.lease.job_id)
         await self._system.logs.ask(AppendChunks(key, chunks))
 
-    def _masked(self, chunks: list[LogChunk]) -> list[LogChunk]:
+    def _masked(self, masker: Masker, chunks: list[LogChunk]) -> list[LogChunk]:
         """The chunks with every secret value masked; what may be the start of one
         is held back, per stream, and goes out with that stream's next chunk."""
         masked = []
         for chunk in chunks:
             held = self._held.get(chunk.stream, "")
-            data, self._held[chunk.stream] = self._masker.mask_text(held, chunk.data)
+            data, self._held[chunk.stream] = masker.mask_text(held, chunk.data)
             self._last_sequence = max(self._last_sequence, chunk.sequence)
             masked.append(chunk.model_copy(update={"data": data}))
         return masked
