@@ -132,7 +132,8 @@ reconnect_option = click.option(
     default=DEFAULT_SERVER_URL,
     show_default=True,
     metavar="URL",
-    help="The server's base URL (env SERVER_URL).",
+    help="The server's base URL (env SERVER_URL); several, comma-separated: the first "
+    "that answers.",
 )
 @click.version_option(package_name="workflow-graph", prog_name="wfg")
 @click.pass_context
