@@ -46,6 +46,7 @@ from .store import (
     put_run,
     set_flag,
 )
+from .waiting import Coverage, waiting_mark
 
 if TYPE_CHECKING:
     from .runtime import System
@@ -105,7 +106,7 @@ class CancelRuns:
 
 @dataclass(slots=True)
 class GetStatus:
-    pass
+    coverage: Coverage | None = None  # the live workers, for the jobs' `waiting`
 
 
 @dataclass(slots=True)
@@ -254,6 +255,9 @@ class WorkflowActor(Actor):
     def live_attempt(self, number: int, job_id: str) -> int:
         return self._live[number].state.jobs[job_id].attempt
 
+    def live_started_at(self, number: int, job_id: str) -> int | None:
+        return self._live[number].state.jobs[job_id].started_at
+
     def rearm_deadlines(self) -> None:
         for live in self._live.values():
             if live.state.active:
@@ -263,8 +267,8 @@ class WorkflowActor(Actor):
 
     def handle(self, message):
         match message:
-            case GetStatus():
-                return self._status()
+            case GetStatus(coverage):
+                return self._status(coverage)
             case GetStatusCounts():
                 return self._counts()
             case IsCancelled(job_id, number):
@@ -295,11 +299,11 @@ class WorkflowActor(Actor):
 
     # --- queries ---
 
-    def _status(self) -> Workflow:
+    def _status(self, coverage: Coverage | None = None) -> Workflow:
         live = self._live.get(self._latest)
         if live is None:
             return workflow_view(self.spec, None, None, self._cancelled_unrun)
-        return workflow_view(self.spec, live.state, live.plan)
+        return workflow_view(self.spec, live.state, live.plan, coverage=coverage)
 
     def _counts(self) -> Counter:
         live = self._live.get(self._latest)
@@ -392,6 +396,15 @@ class WorkflowActor(Actor):
             fx = step.timed_out()
         elif m.kind == "queue":
             fx = step.queue_timed_out(m.job_id)
+            if fx.changed:
+                log.warning(
+                    "job %s (workflow %s, run %d) failed: %s",
+                    m.job_id,
+                    self.spec.id,
+                    m.number,
+                    live.state.jobs[m.job_id].output,
+                    extra={"workflow_id": self.spec.id, "run_id": m.number, "job_id": m.job_id},
+                )
         else:
             job = live.state.jobs.get(m.job_id)
             if job is None or job.lease_id != m.lease_id or job.timeout_at_ms is None:
@@ -454,6 +467,7 @@ class WorkflowActor(Actor):
         self._arm(live, {job_id: state.jobs[job_id] for job_id in fx.changed})
         if fx.run_changed and state.started_at_ms is not None and state.deadline_ms:
             system.timers.at(state.deadline_ms, self, Deadline(state.number, "run"))
+        system.metrics.effects_applied(state, fx)
         if fx.ended:
             system.run_ended(state, self)
             self._forget_finished()
@@ -506,8 +520,9 @@ class WorkflowActor(Actor):
 # --- views ------------------------------------------------------------------
 
 
-def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
-    """The run's jobs in the contract's `Job` shape, in plan order."""
+def jobs_view(state: RunState, run_plan: RunPlan, coverage: Coverage | None = None) -> list[Job]:
+    """The run's jobs in the contract's `Job` shape, in plan order; with `coverage`,
+    a claimable job no live worker can take is marked `waiting`."""
     jobs = []
     for job_id, inst in run_plan.instances.items():
         job_state = state.jobs.get(job_id) or JobRun()
@@ -527,6 +542,7 @@ def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
                 max_retries=spec.retry_policy.max_retries,
                 attempt=job_state.attempt,
                 metadata=spec.metadata,
+                waiting=waiting_mark(state, job_state, coverage),
                 **spec.visual,
             )
         )
@@ -588,6 +604,7 @@ def workflow_view(
     state: RunState | None,
     run_plan: RunPlan | None,
     cancelled_unrun: bool = False,
+    coverage: Coverage | None = None,
 ) -> Workflow:
     """The contract's `Workflow`: its latest run's jobs, or the definition's before any run
     (all `cancelled` when the workflow was cancelled before it ever ran)."""
@@ -601,7 +618,7 @@ def workflow_view(
         id=spec.id,
         name=spec.name,
         trigger=spec.trigger,
-        jobs=jobs_view(state, run_plan),
+        jobs=jobs_view(state, run_plan, coverage),
         run=RunRef(number=state.number, status=state.status),
     )
 
@@ -636,7 +653,7 @@ def queued_job(state: RunState, run_plan: RunPlan, job_id: str) -> QueuedJob:
     )
 
 
-def run_view(state: RunState, run_plan: RunPlan) -> Run:
+def run_view(state: RunState, run_plan: RunPlan, coverage: Coverage | None = None) -> Run:
     return Run(
         workflow_id=state.workflow_id,
         number=state.number,
@@ -647,6 +664,6 @@ def run_view(state: RunState, run_plan: RunPlan) -> Run:
         started_at_ms=state.started_at_ms,
         finished_at_ms=state.finished_at_ms,
         rerun_of=state.rerun_of,
-        jobs=jobs_view(state, run_plan),
+        jobs=jobs_view(state, run_plan, coverage),
         reason=state.reason,
     )

@@ -38,6 +38,7 @@ from .. import groups
 from ..errors import Conflict, LeaseNotActive, NotFound
 from ..limits import stamp_chunks
 from ..logs import Indexed, stored_log
+from ..metrics import Metrics
 from ..models import (
     TERMINAL_STATUSES,
     Claim,
@@ -52,6 +53,7 @@ from ..models import (
 )
 from ..rules import Effects, JobRun, RunPlan, Transition, claim_job
 from ..rules import Run as RunState
+from ..secrets import Masker, SecretStore, job_references
 from ..spec import WorkflowSpec, spec_from_json, spec_to_json
 from ..store import spec_hash
 from ..workers import DEFAULT_TTL_SECS, WorkerRecord
@@ -90,9 +92,17 @@ class Engine:
     """The transactions, with the per-node caches of what never changes: definitions by
     hash, run plans, runs' concurrency groups, and the label sets already recorded."""
 
-    def __init__(self, schema: str, retain_runs: int) -> None:
+    def __init__(
+        self,
+        schema: str,
+        retain_runs: int,
+        secrets: SecretStore | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.schema = schema
         self.retain_runs = retain_runs
+        self.secrets = secrets or SecretStore()
+        self.metrics = metrics
         self._specs: dict[str, WorkflowSpec] = {}
         self._plans: dict[tuple[str, int, str], RunPlan] = {}
         self._groups: dict[tuple[str, int], str | None] = {}
@@ -287,6 +297,8 @@ class Engine:
         for job_id, final in fx.attempt_ended:
             if final:
                 tx.notify("e", wf, number, job_id)
+        if self.metrics is not None:
+            self.metrics.effects_applied(state, fx)
         if fx.ended and state.group is not None:
             self.admit_next(tx, state.group)
 
@@ -392,6 +404,7 @@ class Engine:
                 raise Conflict(f"run {rerun_of} of workflow '{workflow_id}' has not finished")
             digest = previous.spec_hash
         spec = self.spec(tx, digest)
+        self.secrets.check_spec(spec)
         held: set[str] = set()
         while True:
             state, run_plan = new_run(
@@ -576,7 +589,37 @@ class Engine:
             ttl_secs=ttl_secs,
             granted_at_ms=now,
         )
-        return Claim(job=QueuedJob.model_validate_json(payload), lease=lease), before
+        job_view = QueuedJob.model_validate_json(payload)
+        if any("secrets" in value for value in job_view.env.values()):
+            spec = self._job_spec(tx, workflow_id, number, job_id)
+            allowed = job_references(spec) if spec is not None else frozenset()
+            env, _ = self.secrets.reveal(job_view.env, allowed)
+            job_view = job_view.model_copy(update={"env": env})
+        return Claim(job=job_view, lease=lease), before
+
+    def _job_spec(self, tx: Tx, workflow_id: str, number: int, job_id: str):
+        """The definition of one job of a run (from the run's own definition)."""
+        row = tx.one(
+            "SELECT spec_hash, record FROM runs WHERE workflow_id = %s AND number = %s",
+            (workflow_id, number),
+        )
+        if row is None:
+            return None
+        state = RunState.from_row(row[1], {})
+        inst = self.plan(self.spec(tx, row[0]), row[0], state).instances.get(job_id)
+        return inst.spec if inst is not None else None
+
+    def masker(self, run_plan: RunPlan, job_id: str) -> Masker | None:
+        """What masks the secret values the job was given, in all it reports; None when
+        it was given none."""
+        if not self.secrets.values:
+            return None
+        inst = run_plan.instances.get(job_id)
+        if inst is None:
+            return None
+        values = self.secrets.values
+        given = [values[name] for name in job_references(inst.spec) if name in values]
+        return Masker(given) if given else None
 
     def give_back(self, tx: Tx, claim: Claim, before: dict[str, Any]) -> None:
         """Undo a claim whose claimer went away before its answer: the job returns to
@@ -632,9 +675,7 @@ class Engine:
             granted_at_ms=granted,
         )
 
-    def report(
-        self, tx: Tx, lease_id: str, event: Callable[[Transition, str, str], Effects]
-    ) -> None:
+    def report(self, tx: Tx, lease_id: str, event: Callable[..., Effects]) -> str:
         """A completion or failure on a lease: the run's transaction, under the lease."""
         row = tx.one(
             "SELECT l.workflow_id, l.number, l.job_id, r.grp FROM leases l JOIN runs r "
@@ -660,8 +701,10 @@ class Engine:
         state = RunState.from_row(record, {})
         loaded = Loaded(seq, digest, state, self.plan(self.spec(tx, digest), digest, state))
         self.load_jobs(tx, loaded)
-        self.apply(tx, loaded, lambda step: event(step, job_id, lease_id))
+        mask = self.masker(loaded.plan, job_id)
+        self.apply(tx, loaded, lambda step: event(step, job_id, lease_id, mask))
         tx.last("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
+        return workflow_id
 
     def push_logs(self, tx: Tx, lease_id: str, chunks: list[LogChunkIn]) -> None:
         # The lease row is locked: pushes for one job commit in the order of their ids,
@@ -675,6 +718,15 @@ class Engine:
             raise LeaseNotActive(lease_id)
         workflow_id, number, job_id, worker_id, attempt, now = row
         stored = stamp_chunks(workflow_id, job_id, chunks, now, attempt)
+        if self.secrets.values:
+            spec = self._job_spec(tx, workflow_id, number, job_id)
+            values = self.secrets.values
+            given = [values[n] for n in job_references(spec) if n in values] if spec else []
+            if given:
+                # Each push is masked whole: a value split across two pushes is not caught
+                # here (the embedded engine holds such a tail back in its lease actor).
+                masker = Masker(given)
+                stored = [c.model_copy(update={"data": masker.mask(c.data)}) for c in stored]
         tx.many(
             "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
             [(workflow_id, number, job_id, c.model_dump_json()) for c in stored],
@@ -706,6 +758,8 @@ class Engine:
             tx.exec("DELETE FROM leases WHERE lease_id = %s", (lease_id,))
             return
         self.apply(tx, loaded, lambda step: step.expired(job_id, lease_id))
+        if self.metrics is not None:
+            self.metrics.lease_expired(workflow_id)
 
     def due(self, tx: Tx) -> dict[str, list[Any]]:
         """What is due now: expired leases, queue, job and run timeouts."""

@@ -30,6 +30,7 @@ import trio
 from ..errors import NotFound, Unavailable
 from ..limits import Limits
 from ..logs import Indexed, Subscription, stream
+from ..metrics import Metrics, QueueState
 from ..models import (
     Claim,
     JobStatus,
@@ -44,6 +45,7 @@ from ..models import (
 )
 from ..rules import JobRun
 from ..rules import Run as RunState
+from ..secrets import SecretStore
 from ..spec import WorkflowSpec, spec_from_create
 from ..store import StoreError
 from ..workflow import no_run_error, run_view, workflow_view
@@ -122,11 +124,16 @@ class PgRuntime:
         engine: Engine,
         limits: Limits,
         reap_interval_secs: float,
+        secrets: SecretStore,
+        metrics: Metrics,
     ) -> None:
         self._nursery = nursery
         self._db = db
         self._engine = engine
         self.limits = limits
+        self._secrets = secrets
+        self._metrics = metrics
+        self._started = False
         self._reap_interval = reap_interval_secs
         self._wake = _Wakeups()
         self._workflow_count = 0
@@ -140,6 +147,15 @@ class PgRuntime:
     @property
     def retain_runs(self) -> int:
         return self._engine.retain_runs
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """The secrets a definition may read (`${{ secrets.NAME }}`)."""
+        return self._secrets.names
 
     # --- workflows ---
 
@@ -163,7 +179,7 @@ class PgRuntime:
 
     async def create_workflow(self, body: WorkflowCreate) -> Workflow:
         self.limits.check_create(body)
-        spec = spec_from_create(str(uuid.uuid4()), body)
+        spec = spec_from_create(str(uuid.uuid4()), body, secrets=self.secret_names)
         self.check_definition(spec)
         await self._db.run(self._engine.create_workflow, spec, self.limits.check_room)
         return spec.as_workflow()
@@ -377,6 +393,10 @@ class PgRuntime:
                         with trio.CancelScope(shield=True):
                             await self._db.run(self._engine.give_back, claim, before)
                         raise
+                    job = claim.job
+                    claimable = max(job.enqueued_at_ms, job.delayed_until_ms)
+                    waited = (claim.lease.granted_at_ms - claimable) / 1000
+                    self._metrics.job_claimed(job.workflow_id, waited)
                     return claim
                 if not park or not self._wake.parking or trio.current_time() >= deadline:
                     return None
@@ -390,18 +410,24 @@ class PgRuntime:
 
     async def complete(self, lease_id: str, outputs: dict[str, str]) -> None:
         outputs = dict(outputs)
-        await self._db.run(
+        workflow_id = await self._db.run(
             self._engine.report,
             lease_id,
-            lambda step, job_id, lease: step.completed(job_id, lease, outputs),
+            lambda step, job_id, lease, mask: step.completed(
+                job_id, lease, mask.mask_mapping(outputs) if mask else outputs
+            ),
         )
+        self._metrics.job_completed(workflow_id, None)
 
     async def fail(self, lease_id: str, error: str, retryable: bool = False) -> None:
-        await self._db.run(
+        workflow_id = await self._db.run(
             self._engine.report,
             lease_id,
-            lambda step, job_id, lease: step.failed(job_id, lease, error, retryable),
+            lambda step, job_id, lease, mask: step.failed(
+                job_id, lease, mask.mask(error) if mask else error, retryable
+            ),
         )
+        self._metrics.job_failed(workflow_id, retryable, None)
 
     async def push_logs(self, lease_id: str, chunks: Iterable[LogChunkIn]) -> None:
         """Store chunks as the lease's job's, whatever ids they carry."""
@@ -548,6 +574,49 @@ class PgRuntime:
         counts = await self._db.run(stats)
         return {**counts, "parked_claims": len(self._wake.claims)}
 
+    # --- operations ---
+
+    async def scrape(self) -> bytes:
+        """Every metric in the Prometheus text format, the gauges read now."""
+
+        def read(tx: Tx) -> QueueState:
+            ready: dict[frozenset[str], tuple[int, int]] = {}
+            for key, count, since in tx.all(
+                "SELECT label_key, count(*), min(coalesce((state->>'enqueued_at_ms')::bigint, 0)) "
+                "FROM jobs WHERE ready GROUP BY label_key"
+            ):
+                ready[frozenset(json.loads(key))] = (count, since)
+            (delayed,) = tx.one("SELECT count(*) FROM jobs WHERE due_ms IS NOT NULL")
+            (leases,) = tx.one("SELECT count(*) FROM leases")
+            workers = self._engine.worker_info(tx, "", ())
+            by_status: dict[str, int] = {}
+            for info in workers:
+                by_status[info.status.value] = by_status.get(info.status.value, 0) + 1
+            live = {frozenset(w.labels) for w in workers if w.status.value != "offline"}
+            return QueueState(
+                ready=ready,
+                delayed=delayed,
+                active_leases=leases,
+                parked_claims=len(self._wake.claims),
+                workers=by_status,
+                live_label_sets=frozenset(live),
+                now_ms=tx.now,
+            )
+
+        return self._metrics.exposition(await self._db.run(read))
+
+    async def readiness(self) -> str | None:
+        """None when the node serves (started, the database answering); else why not."""
+        if not self._started:
+            return "the runtime is starting"
+        if not self._wake.parking:
+            return "the server is shutting down"
+        try:
+            await self._db.run(lambda tx: tx.one("SELECT 1"), single=True)
+        except Unavailable as exc:
+            return str(exc)
+        return None
+
     # --- notifications ---
 
     def _on_note(self, payload: list[Any]) -> None:
@@ -676,20 +745,32 @@ async def open_pg_runtime(
     reap_interval_secs: float = DEFAULT_REAP_INTERVAL_SECS,
     warn=None,
     say=None,
+    secrets: SecretStore | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[PgRuntime]:
     """Migrate, upsert the file definitions, listen, lead when `duties` (and free),
     and yield the `PgRuntime`. Raises `StoreError` when the database cannot be used."""
+    secrets = secrets or SecretStore()
+    metrics = metrics or Metrics()
     loaded = list(specs)
     if workflows_dir is not None:
         from ..definitions import load_workflows_dir
 
         kwargs = {"warn": warn} if warn is not None else {}
-        loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
+        loaded.extend(load_workflows_dir(Path(workflows_dir), secrets=secrets.names, **kwargs))
     db = await open_database(database_url)
     try:
-        engine = Engine(db.schema, max(1, retain_runs))
+        engine = Engine(db.schema, max(1, retain_runs), secrets=secrets, metrics=metrics)
         async with trio.open_nursery() as nursery:
-            runtime = PgRuntime(nursery, db, engine, limits or Limits(), reap_interval_secs)
+            runtime = PgRuntime(
+                nursery,
+                db,
+                engine,
+                limits or Limits(),
+                reap_interval_secs,
+                secrets=secrets,
+                metrics=metrics,
+            )
             try:
                 await runtime.put_workflows(loaded)
             except Unavailable as exc:
@@ -698,6 +779,7 @@ async def open_pg_runtime(
             nursery.start_soon(db.listen, runtime._on_note, runtime._on_listening)
             if duties:
                 nursery.start_soon(runtime.lead, say)
+            runtime._started = True
             try:
                 yield runtime
             finally:
