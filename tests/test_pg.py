@@ -133,3 +133,18 @@ async def test_a_run_transaction_that_read_a_job_since_claimed_is_done_again(hom
             await rt.heartbeat(lease_id)
         status = await rt.get_status("w")
         assert {j.id: j.status.value for j in status.jobs} == {"j0": "cancelled", "j1": "cancelled"}
+
+
+async def test_a_job_no_live_worker_of_any_node_can_take_is_marked_waiting(home):
+    from actors.models import WorkflowCreate
+
+    body = {"name": "w", "jobs": [{"id": "a", "command": "true", "required_labels": ["gpu"]}]}
+    async with home.open() as rt:
+        rt.add_workflow(spec_from_create("w", WorkflowCreate.model_validate(body)))
+        await rt.run_workflow("w")
+        await rt.register_worker("cpu-only", ["linux"])
+        job = (await rt.get_status("w")).jobs[0]
+        assert job.waiting is not None and job.waiting.reason == "no_worker"
+        assert job.waiting.labels == ["gpu"]
+        await rt.register_worker("gpu-box", ["gpu"])
+        assert (await rt.get_run("w", 1)).jobs[0].waiting is None

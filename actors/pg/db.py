@@ -53,7 +53,7 @@ class Stale(Exception):
 class Tx:
     """One open transaction: the cursor, the transaction's instant, its notifications."""
 
-    __slots__ = ("conn", "cur", "_now", "notes", "_last")
+    __slots__ = ("conn", "cur", "_now", "notes", "_last", "coverage")
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
@@ -61,6 +61,7 @@ class Tx:
         self._now: int | None = None
         self.notes: dict[str, None] = {}  # ordered, each sent once per transaction
         self._last: list[tuple[str, tuple[Any, ...]]] = []
+        self.coverage: Any = None  # read by views once per transaction
 
     @property
     def now(self) -> int:

@@ -50,6 +50,7 @@ from ..models import (
     RunAccepted,
     RunStatus,
     WorkerInfo,
+    WorkerStatus,
 )
 from ..rules import Effects, JobRun, RunPlan, Transition, claim_job
 from ..rules import Run as RunState
@@ -894,6 +895,24 @@ class Engine:
             ).info(now)
             for wid, labels, registered, heard, ttl, job in rows
         ]
+
+    def live_label_sets(self, tx: Tx) -> frozenset[frozenset[str]]:
+        """The label sets of the workers not `offline`, of every node."""
+        return frozenset(
+            frozenset(w.labels)
+            for w in self.worker_info(tx, "", ())
+            if w.status is not WorkerStatus.offline
+        )
+
+    def ready_reading(self, tx: Tx) -> dict[frozenset[str], tuple[int, int]]:
+        """Per ready label set: how many jobs, and the oldest one's claimable-since ms."""
+        return {
+            frozenset(json.loads(key)): (count, since)
+            for key, count, since in tx.all(
+                "SELECT label_key, count(*), min(greatest((state->>'enqueued_at_ms')::bigint, "
+                "(state->>'delayed_until_ms')::bigint)) FROM jobs WHERE ready GROUP BY label_key"
+            )
+        }
 
     def register_worker(self, tx: Tx, worker_id: str, labels: list[str]) -> WorkerInfo:
         now = tx.now

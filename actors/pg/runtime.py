@@ -48,6 +48,7 @@ from ..rules import Run as RunState
 from ..secrets import SecretStore
 from ..spec import WorkflowSpec, spec_from_create
 from ..store import StoreError
+from ..waiting import WATCH_INTERVAL_SECS, Coverage, WaitingWatch
 from ..workflow import no_run_error, run_view, workflow_view
 from .db import Database, Tx
 from .engine import DUTY_BATCH, Engine, Loaded
@@ -134,6 +135,7 @@ class PgRuntime:
         self._secrets = secrets
         self._metrics = metrics
         self._started = False
+        self._watch = WaitingWatch()
         self._reap_interval = reap_interval_secs
         self._wake = _Wakeups()
         self._workflow_count = 0
@@ -240,7 +242,8 @@ class PgRuntime:
             if loaded is None:
                 views.append(workflow_view(spec, None, None, cancelled_unrun))
             else:
-                views.append(workflow_view(spec, loaded.state, loaded.plan))
+                coverage = self._coverage(tx)
+                views.append(workflow_view(spec, loaded.state, loaded.plan, coverage=coverage))
         return views
 
     async def get_status(self, workflow_id: str) -> Workflow:
@@ -308,7 +311,7 @@ class PgRuntime:
             for (number,) in numbers:
                 loaded = self._engine.read_run(tx, workflow_id, number)
                 if loaded is not None:
-                    runs.append(run_view(loaded.state, loaded.plan))
+                    runs.append(run_view(loaded.state, loaded.plan, self._coverage(tx)))
             return runs
 
         return await self._db.run(page)
@@ -316,9 +319,18 @@ class PgRuntime:
     async def get_run(self, workflow_id: str, number: int) -> Run:
         def one(tx: Tx) -> Run:
             loaded = self._run(tx, workflow_id, number)
-            return run_view(loaded.state, loaded.plan)
+            return run_view(loaded.state, loaded.plan, self._coverage(tx))
 
         return await self._db.run(one)
+
+    def _coverage(self, tx: Tx) -> Coverage:
+        """Every node's live workers' label sets now, for the `waiting` of the jobs in a
+        view (read once per transaction)."""
+        if tx.coverage is None:
+            live = self._engine.live_label_sets(tx)
+            watch = self._watch
+            tx.coverage = Coverage(live, tx.now, watch.since, watch.last_look_ms)
+        return tx.coverage
 
     def _run(self, tx: Tx, workflow_id: str, number: int) -> Loaded:
         _, next_number, _, _ = self._engine.workflow_row(tx, workflow_id)
@@ -580,12 +592,7 @@ class PgRuntime:
         """Every metric in the Prometheus text format, the gauges read now."""
 
         def read(tx: Tx) -> QueueState:
-            ready: dict[frozenset[str], tuple[int, int]] = {}
-            for key, count, since in tx.all(
-                "SELECT label_key, count(*), min(coalesce((state->>'enqueued_at_ms')::bigint, 0)) "
-                "FROM jobs WHERE ready GROUP BY label_key"
-            ):
-                ready[frozenset(json.loads(key))] = (count, since)
+            ready = self._engine.ready_reading(tx)
             (delayed,) = tx.one("SELECT count(*) FROM jobs WHERE due_ms IS NOT NULL")
             (leases,) = tx.one("SELECT count(*) FROM leases")
             workers = self._engine.worker_info(tx, "", ())
@@ -604,6 +611,24 @@ class PgRuntime:
             )
 
         return self._metrics.exposition(await self._db.run(read))
+
+    async def watch_waiting(self, interval_secs: float = WATCH_INTERVAL_SECS) -> None:
+        """Every few seconds: which ready label sets no live worker (of any node) can
+        take (one warning on this node as each starts waiting; `since_ms` of the jobs'
+        `waiting`)."""
+        engine = self._engine
+
+        def read(tx: Tx):
+            return engine.ready_reading(tx), engine.live_label_sets(tx), tx.now
+
+        while True:
+            try:
+                ready, live, now = await self._db.run(read)
+            except Unavailable:
+                pass  # the database is away: look again later
+            else:
+                self._watch.update(ready, live, now)
+            await trio.sleep(interval_secs)
 
     async def readiness(self) -> str | None:
         """None when the node serves (started, the database answering); else why not."""
@@ -779,6 +804,7 @@ async def open_pg_runtime(
             nursery.start_soon(db.listen, runtime._on_note, runtime._on_listening)
             if duties:
                 nursery.start_soon(runtime.lead, say)
+            nursery.start_soon(runtime.watch_waiting)
             runtime._started = True
             try:
                 yield runtime
