@@ -38,9 +38,7 @@ async def run(rt, spec):
     await rt.run_workflow(spec.id)
 
 
-async def test_cascade_passes_outputs_and_dependents_keep_their_own_policy(
-    rt, autojump_clock
-):
+async def test_cascade_passes_outputs_and_dependents_keep_their_own_policy(rt, autojump_clock):
     spec = workflow(
         "w",
         {"id": "a"},
