@@ -30,7 +30,9 @@ from actors.models import (
     RerunRequest,
     Run,
     RunAccepted,
+    RunDetail,
     RunRequest,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -202,8 +204,13 @@ def list_runs(workflow_id: str, limit: int | None, offset: int | None) -> Call[l
     return Call("GET", path, reader(list[Run]), params=params)
 
 
-def get_run(workflow_id: str, number: int) -> Call[Run]:
-    return Call("GET", run_path(workflow_id, number), reader(Run))
+def get_run(workflow_id: str, number: int) -> Call[RunDetail]:
+    return Call("GET", run_path(workflow_id, number), reader(RunDetail))
+
+
+def schedules(workflow_id: str) -> Call[list[ScheduleInfo]]:
+    path = f"/api/workflows/{segment(workflow_id)}/schedules"
+    return Call("GET", path, reader(list[ScheduleInfo]))
 
 
 def rerun(workflow_id: str, number: int, failed_only: bool) -> Call[RunAccepted]:

@@ -23,7 +23,16 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from actors.models import Claim, LogChunk, Run, RunAccepted, WorkerInfo, Workflow
+from actors.models import (
+    Claim,
+    LogChunk,
+    Run,
+    RunAccepted,
+    RunDetail,
+    ScheduleInfo,
+    WorkerInfo,
+    Workflow,
+)
 
 from . import _calls as calls
 from ._calls import ChunkSource, WorkflowSource
@@ -198,9 +207,14 @@ class Client(_Base):
         """The workflow's retained runs, newest first (the server's default limit is 20)."""
         return self._send(calls.list_runs(workflow_id, limit, offset))
 
-    def get_run(self, workflow_id: str, number: int) -> Run:
-        """One run with its jobs; 404 for a run that never existed or was pruned."""
+    def get_run(self, workflow_id: str, number: int) -> RunDetail:
+        """One run with its jobs and how each notification of its end went; 404 for a
+        run that never existed or was pruned."""
         return self._send(calls.get_run(workflow_id, number))
+
+    def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's `on.schedule` entries with their next and last due times."""
+        return self._send(calls.schedules(workflow_id))
 
     def rerun(self, workflow_id: str, number: int, *, failed_only: bool = False) -> RunAccepted:
         """Run a finished run again with its inputs, as a new run.
@@ -388,9 +402,13 @@ class AsyncClient(_Base):
         """The workflow's retained runs, newest first."""
         return await self._send(calls.list_runs(workflow_id, limit, offset))
 
-    async def get_run(self, workflow_id: str, number: int) -> Run:
-        """One run with its jobs; 404 for a run that never existed or was pruned."""
+    async def get_run(self, workflow_id: str, number: int) -> RunDetail:
+        """One run with its jobs and its notifications; see `Client.get_run`."""
         return await self._send(calls.get_run(workflow_id, number))
+
+    async def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's schedules; see `Client.schedules`."""
+        return await self._send(calls.schedules(workflow_id))
 
     async def rerun(
         self, workflow_id: str, number: int, *, failed_only: bool = False
