@@ -262,6 +262,8 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if version == 2:
+                _migrate_v2(db)
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -380,6 +382,22 @@ def read_log(db: sqlite3.Connection, workflow_id: str, number: int, job_id: str)
             (workflow_id, number, job_id),
         )
     ]
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """Schema 2 kept a run's event in its record; it moves to `run_events`, which
+    `put_run` leaves alone."""
+    for workflow_id, number, record in db.execute(
+        "SELECT workflow_id, number, record FROM runs"
+    ).fetchall():
+        row = json.loads(record)
+        event = row.pop("event", None)
+        if event is not None:
+            db.execute(*put_run_event(workflow_id, number, event))
+            db.execute(
+                "UPDATE runs SET record = ? WHERE workflow_id = ? AND number = ?",
+                (_json(row), workflow_id, number),
+            )
 
 
 _V1_TERMINAL = {"success", "failure", "skipped", "cancelled"}

@@ -518,3 +518,26 @@ async def test_exactly_the_webhook_routes_skip_the_token():
         }
         assert webhook_rules == signed
         assert scopes["/api/workflows/<workflow_id>/schedules"] == "api"
+
+
+def test_a_schema_2_store_moves_run_events_out_of_run_records(tmp_path):
+    import sqlite3
+
+    from actors.store import Store, read_run
+
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    event = {"github": {"event_name": "push", "event": {"ref": "refs/heads/main"}}}
+    record = {"workflow_id": "w", "number": 1, "status": "success", "event": event}
+    with db:
+        db.execute("INSERT INTO definitions VALUES ('h', '{}')")
+        db.execute("INSERT INTO runs VALUES ('w', 1, 1, 'success', 'h', ?)", (json.dumps(record),))
+        db.execute("DROP TABLE run_events")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    store = Store(tmp_path)
+    stored = store.read(lambda db: read_run(db, "w", 1))
+    assert stored is not None and stored.row["event"] == event
+    (kept,) = store.read(lambda db: db.execute("SELECT record FROM runs").fetchone())
+    assert "event" not in json.loads(kept)
+    store.close()

@@ -73,6 +73,7 @@ async def _signed_body(secret: str | None, variable: str) -> bytes | Response:
     if not secret:
         return _error(404, f"this route is off: no {variable} is set on the server")
     raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)  # as_text=False
     if not signature_matches(secret, raw, request.headers.get(SIGNATURE_HEADER)):
         shown = "missing" if SIGNATURE_HEADER not in request.headers else "wrong"
         return _error(401, f"the {SIGNATURE_HEADER} signature is {shown} (see {variable})")
