@@ -115,11 +115,11 @@ class ScheduleClock:
         """Before `run`: the stored marks of the definitions' schedules; a schedule seen
         for the first time counts from now, and one no definition has is forgotten."""
         stored = await self._store.schedule_marks()
-        wanted = [key for spec in specs for key in schedule_keys(spec)]
+        wanted = {key: None for spec in specs for key in schedule_keys(spec)}
         now = self._now()
         new = {key: ScheduleMark(seen_ms=now) for key in wanted if key not in stored}
         await self._store.put_schedule_marks(new)
-        await self._store.forget_schedules(key for key in stored if key not in set(wanted))
+        await self._store.forget_schedules([key for key in stored if key not in wanted])
         self._marks = {key: stored.get(key) or new[key] for key in wanted}
 
     async def add(self, spec: WorkflowSpec) -> None:
