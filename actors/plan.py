@@ -420,8 +420,9 @@ def static_job_count(job: JobSpec) -> int:
 
 def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
     """The job as it is queued: every template evaluated, so any worker receives a
-    plain command. The command exports the run's inputs as `INPUT_<NAME>` and the
-    job's env, then runs its `run` (with `sh -c`) or its composed steps. Env
+    plain command. The command exports the run's inputs as `INPUT_<NAME>`, the
+    triggering event's `GITHUB_*` values and the job's env, then runs its `run`
+    (with `sh -c`) or its composed steps. Env
     values that read `secrets` are not in the command: they go to `Rendered.env`,
     which the worker exports."""
     if inst.error is not None:
