@@ -31,6 +31,7 @@ import trio
 from . import notify
 from .clock import now_ms
 from .errors import Conflict, Invalid, NotFound
+from .metrics import Metrics
 from .models import NotificationStatus, RunAccepted, ScheduleInfo
 from .notify import Notification
 from .rules import Run as RunState
@@ -102,10 +103,15 @@ class ScheduleClock:
     """
 
     def __init__(
-        self, runtime: TriggerRuntime, store: TriggerStore, now: Callable[[], int] = now_ms
+        self,
+        runtime: TriggerRuntime,
+        store: TriggerStore,
+        metrics: Metrics,
+        now: Callable[[], int] = now_ms,
     ) -> None:
         self._runtime = runtime
         self._store = store
+        self._metrics = metrics
         self._now = now
         self._marks: dict[ScheduleKey, ScheduleMark] = {}
         self._retry_at: dict[ScheduleKey, int] = {}
@@ -188,6 +194,7 @@ class ScheduleClock:
                 self._retry_at[key] = self._now() + RETRY_FAILED_FIRE_MS
                 return
             self._marks[key] = skipped
+            self._metrics.trigger_skipped(key.workflow_id, "schedule")
         except Exception:  # noqa: BLE001 - the store failed: the due time is tried again
             log.exception("%s: could not start a run", where)
             self._retry_at[key] = self._now() + RETRY_FAILED_FIRE_MS
@@ -201,6 +208,7 @@ class ScheduleClock:
                 "started" if accepted.status.value == "running" else "queued",
             )
             self._marks[key] = mark.fired(due)
+            self._metrics.run_triggered(key.workflow_id, "schedule")
         self._retry_at.pop(key, None)
 
 
@@ -219,10 +227,15 @@ class DeliveryIntake:
     """
 
     def __init__(
-        self, runtime: TriggerRuntime, store: TriggerStore, now: Callable[[], int] = now_ms
+        self,
+        runtime: TriggerRuntime,
+        store: TriggerStore,
+        metrics: Metrics,
+        now: Callable[[], int] = now_ms,
     ) -> None:
         self._runtime = runtime
         self._store = store
+        self._metrics = metrics
         self._now = now
         self._lock = trio.Lock()
 
@@ -248,6 +261,7 @@ class DeliveryIntake:
                             mark=DeliveryHandled(delivery_id, spec.id, now),
                         )
                     )
+                    self._metrics.run_triggered(spec.id, delivery.trigger)
                 except NOT_STARTED as exc:
                     log.warning(
                         "delivery %s (%s %s): workflow %s not started: %s",
@@ -258,6 +272,7 @@ class DeliveryIntake:
                         exc,
                     )
                     unstarted.append(DeliveryHandled(delivery_id, spec.id, now))
+                    self._metrics.trigger_skipped(spec.id, delivery.trigger)
             unstarted.append(DeliveryHandled(delivery_id, DELIVERY_DONE, now))
             await self._store.put_deliveries(unstarted, now - DELIVERY_RETENTION_MS)
             return started
@@ -291,11 +306,13 @@ class Notifier:
         store: TriggerStore,
         secret: str | None = None,
         *,
+        metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         now: Callable[[], int] = now_ms,
     ) -> None:
         self._store = store
         self._secret = secret
+        self._metrics = metrics or Metrics()
         self._transport = transport
         self._now = now
         self._due: list[tuple[int, int, Notification]] = []
@@ -343,6 +360,7 @@ class Notifier:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             after = notify.after_attempt(n, self._now(), status, error)
         where = f"notification of run {n.number} of workflow {n.workflow_id} to {n.url}"
+        self._metrics.notification_attempted("retry" if after.state == "pending" else after.state)
         if after.state == "delivered":
             log.info("%s delivered (HTTP %s)", where, status)
         elif after.state == "failed":
@@ -368,12 +386,16 @@ class Automation:
     """
 
     def __init__(
-        self, runtime: TriggerRuntime, store: TriggerStore, webhook_secret: str | None = None
+        self,
+        runtime: TriggerRuntime,
+        store: TriggerStore,
+        metrics: Metrics,
+        webhook_secret: str | None = None,
     ) -> None:
         self.store = store
-        self.clock = ScheduleClock(runtime, store)
-        self.intake = DeliveryIntake(runtime, store)
-        self.notifier = Notifier(store, webhook_secret)
+        self.clock = ScheduleClock(runtime, store, metrics)
+        self.intake = DeliveryIntake(runtime, store, metrics)
+        self.notifier = Notifier(store, webhook_secret, metrics=metrics)
 
     async def start(self, nursery: trio.Nursery, specs: list[WorkflowSpec]) -> None:
         await self.clock.load(specs)

@@ -7,7 +7,9 @@ expired or revoked) every later message answers `LeaseNotActive`.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,8 @@ from .actor import Actor, Reply
 from .clock import now_ms
 from .errors import LeaseNotActive
 from .logs import AppendChunks
-from .models import Lease, LogChunk
+from .models import Lease, LogChunk, LogStream
+from .secrets import Masker
 from .store import put_lease
 from .workers import JobHeld, Seen
 from .workflow import JobCompleted, JobFailed, LeaseExpired
@@ -25,6 +28,8 @@ from .workflow import JobCompleted, JobFailed, LeaseExpired
 if TYPE_CHECKING:
     from .runtime import System
     from .workflow import WorkflowActor
+
+log = logging.getLogger("workflow_graph")
 
 
 @dataclass(slots=True)
@@ -62,6 +67,8 @@ class LeaseActor(Actor):
         system: System,
         deadline: float | None = None,
         attempt: int = 0,
+        secrets: Iterable[str] = (),
+        claimed_at_ms: int | None = None,
     ) -> None:
         super().__init__()
         self.lease = lease
@@ -71,6 +78,13 @@ class LeaseActor(Actor):
         self._workflow = workflow
         self._system = system
         self._deadline = self._next_deadline() if deadline is None else deadline
+        self._claimed_at_ms = lease.granted_at_ms if claimed_at_ms is None else claimed_at_ms
+        # The secret values the job received; its logs, error and outputs are masked.
+        secrets = list(secrets)
+        self._masker = Masker(secrets) if secrets else None
+        # Per stream, the end of the pushed text that may be the start of a secret.
+        self._held: dict[LogStream, str] = {}
+        self._last_sequence = -1
 
     @property
     def deadline(self) -> float:
@@ -109,6 +123,16 @@ class LeaseActor(Actor):
                     message, reply = await self._inbox.receive()
             if message is _EXPIRED:
                 lease = self.lease
+                await self._flush_held()
+                log.warning(
+                    "lease %s of job %s (workflow %s, run %d) expired without a heartbeat",
+                    lease.lease_id,
+                    lease.job_id,
+                    lease.workflow_id,
+                    self._run_id,
+                    extra=self._ids(),
+                )
+                self._system.metrics.lease_expired(lease.workflow_id)
                 self._workflow.tell(LeaseExpired(self._run_id, lease.job_id, lease.lease_id))
                 return
             if await self._handle(message, reply):
@@ -130,8 +154,8 @@ class LeaseActor(Actor):
                 try:
                     # Asked, not told: the push is answered once the chunks are stored.
                     with trio.CancelScope(shield=True):
-                        key = (lease.workflow_id, self._run_id, lease.job_id)
-                        await self._system.logs.ask(AppendChunks(key, chunks))
+                        masker = self._masker
+                        await self._append(self._masked(masker, chunks) if masker else chunks)
                 except Exception as exc:  # noqa: BLE001 - the pusher learns why
                     if reply is not None:
                         reply.fail(exc)
@@ -139,10 +163,16 @@ class LeaseActor(Actor):
                     _answer(reply, None)
                 return False
             case ReportSuccess(outputs):
+                if self._masker is not None:
+                    outputs = self._masker.mask_mapping(outputs)
                 report = JobCompleted(self._run_id, lease.job_id, lease.lease_id, outputs)
             case ReportFailure(error, retryable):
+                if self._masker is not None:
+                    error = self._masker.mask(error)
                 report = JobFailed(self._run_id, lease.job_id, lease.lease_id, error, retryable)
             case Revoke():
+                with trio.CancelScope(shield=True):
+                    await self._flush_held()
                 _answer(reply, None)
                 return True
             case _:
@@ -151,13 +181,75 @@ class LeaseActor(Actor):
         try:
             # Shielded: once a report is on its way to the workflow it is applied or refused.
             with trio.CancelScope(shield=True):
+                await self._flush_held()
                 await self._workflow.ask(report)
         except Exception as exc:  # noqa: BLE001 - the reporter learns why
             if reply is not None:
                 reply.fail(exc)
         else:
+            self._count(report)
             _answer(reply, None)
         return True
+
+    def _count(self, report: JobCompleted | JobFailed) -> None:
+        metrics = self._system.metrics
+        secs = max(0, now_ms() - self._claimed_at_ms) / 1000
+        if isinstance(report, JobCompleted):
+            metrics.job_completed(self.lease.workflow_id, secs)
+        else:
+            metrics.job_failed(self.lease.workflow_id, report.retryable, secs)
+
+    def _ids(self) -> dict[str, object]:
+        """The ids a log line about this lease carries (`LOG_FORMAT=json` shows them)."""
+        lease = self.lease
+        return {
+            "workflow_id": lease.workflow_id,
+            "run_id": self._run_id,
+            "job_id": lease.job_id,
+            "lease_id": lease.lease_id,
+        }
+
+    # --- logs ---
+
+    async def _append(self, chunks: list[LogChunk]) -> None:
+        key = (self.lease.workflow_id, self._run_id, self.lease.job_id)
+        await self._system.logs.ask(AppendChunks(key, chunks))
+
+    def _masked(self, masker: Masker, chunks: list[LogChunk]) -> list[LogChunk]:
+        """The chunks with every secret value masked; what may be the start of one
+        is held back, per stream, and goes out with that stream's next chunk."""
+        masked = []
+        for chunk in chunks:
+            held = self._held.get(chunk.stream, "")
+            data, self._held[chunk.stream] = masker.mask_text(held, chunk.data)
+            self._last_sequence = max(self._last_sequence, chunk.sequence)
+            masked.append(chunk.model_copy(update={"data": data}))
+        return masked
+
+    async def _flush_held(self) -> None:
+        """The attempt is over: what was held back is no secret after all; store it."""
+        lease = self.lease
+        chunks = []
+        for stream, text in self._held.items():
+            if text:
+                self._last_sequence += 1
+                chunks.append(
+                    LogChunk(
+                        workflow_id=lease.workflow_id,
+                        job_id=lease.job_id,
+                        sequence=self._last_sequence,
+                        data=text,
+                        timestamp_ms=now_ms(),
+                        stream=stream,
+                        attempt=self.attempt,
+                    )
+                )
+        self._held.clear()
+        if chunks:
+            try:
+                await self._append(chunks)
+            except Exception:  # noqa: BLE001 - the report goes on; the store logged why
+                log.warning("could not store the end of the log of %s", self.name)
 
     async def _store_lease(self) -> None:
         journal = self._system.journal

@@ -118,6 +118,25 @@ class _Visualized(BaseModel):
         return data
 
 
+class Waiting(BaseModel):
+    """Why a queued job is not running yet (extension `waiting` of a `Job`).
+
+    `no_worker`: it is claimable but no live worker has all its `labels`, since
+    `since_ms`; `delayed`: a retry waiting out its backoff until `until_ms`;
+    `concurrency`: its run waits for its concurrency `group`, since `since_ms`.
+    """
+
+    reason: Literal["no_worker", "delayed", "concurrency"]
+    labels: list[str] | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    group: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_what_applies(self, handler: SerializerFunctionWrapHandler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class Job(_Visualized):
     id: str
     name: str
@@ -131,6 +150,8 @@ class Job(_Visualized):
     max_retries: int = 0
     attempt: int = 0
     metadata: dict[str, Any] = {}
+    # Extension: why a queued job waits (no worker, backoff, concurrency), else null.
+    waiting: Waiting | None = None
 
 
 class RunStatus(StrEnum):
@@ -329,7 +350,8 @@ class QueuedJob(BaseModel):
     # Extensions; clients ignore unknown keys.
     run_id: int
     timeout_secs: int | None = None
-    env: dict[str, str] = {}
+    # The variables the worker exports before the command (secrets' values only here).
+    env: dict[str, str] = Field(default={}, examples=[{"DEPLOY_TOKEN": "***"}])
     # The payload of the event that started the run (a webhook's), else null; the agent
     # writes it to the file `GITHUB_EVENT_PATH` names. `Any`: shared, never copied.
     event: Any = None

@@ -31,6 +31,7 @@ from .models import (
     backoff_delay_secs,
 )
 from .plan import EvaluationError, JobInstance, Rendered, Status
+from .secrets import context_placeholders
 from .spec import WorkflowSpec
 
 LEASE_EXPIRED = "lease expired"
@@ -223,6 +224,8 @@ def base_context(spec: WorkflowSpec, run: Run) -> dict[str, Any]:
         "run": {"number": run.number, "trigger": run.trigger, "rerun_of": run.rerun_of},
         "workflow": {"id": spec.id, "name": spec.name},
         "github": dict(event.get("github", {})) if isinstance(event, dict) else {},
+        # Placeholders, not values: a worker's claim alone receives the values.
+        "secrets": context_placeholders(spec),
     }
 
 

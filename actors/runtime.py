@@ -27,7 +27,7 @@ from .automation import Automation
 from .clock import now_ms
 from .errors import Conflict, LeaseNotActive, LimitExceeded, NotFound
 from .groups import ConcurrencyGroups, Join, Leave, RunKey
-from .journal import Journal
+from .journal import Journal, StoreFailed
 from .lease import (
     LeaseActor,
     PushLogs,
@@ -49,6 +49,7 @@ from .logs import (
     Subscription,
     stored_log,
 )
+from .metrics import Metrics, QueueState
 from .models import (
     TERMINAL_STATUSES,
     Claim,
@@ -57,6 +58,7 @@ from .models import (
     LogChunk,
     LogChunkIn,
     NotificationStatus,
+    QueuedJob,
     Run,
     RunAccepted,
     RunStatus,
@@ -68,13 +70,31 @@ from .models import (
 from .plan import static_job_count
 from .rules import JobRun, RunPlan
 from .rules import Run as RunState
-from .scheduler import ClaimJob, Entry, QueueStats, Requeue, Scheduler, StopParking, Unpark
-from .spec import DefinitionError, WorkflowSpec, spec_from_create, spec_from_json, spec_to_json
+from .scheduler import (
+    ClaimJob,
+    Entry,
+    QueueStats,
+    ReadQueue,
+    Requeue,
+    Scheduler,
+    StopParking,
+    Unpark,
+)
+from .secrets import SecretStore, job_references
+from .spec import (
+    DefinitionError,
+    JobSpec,
+    WorkflowSpec,
+    spec_from_create,
+    spec_from_json,
+    spec_to_json,
+)
 from .store import (
     Snapshot,
     Store,
     StoredRun,
     drop_lease,
+    mark_alive,
     prune_runs,
     put_workflow,
     read_log,
@@ -89,8 +109,17 @@ from .trigger_store import (
     RunMark,
     SqliteTriggerStore,
 )
+from .waiting import WATCH_INTERVAL_SECS, Coverage, WaitingWatch
 from .webhooks import Delivery
-from .workers import Heartbeat, JobHeld, ListWorkers, Register, Seen, WorkerRegistry
+from .workers import (
+    Heartbeat,
+    JobHeld,
+    ListWorkers,
+    ReadCoverage,
+    Register,
+    Seen,
+    WorkerRegistry,
+)
 from .workflow import (
     CANCELLED_UNRUN,
     AdmitRun,
@@ -109,6 +138,7 @@ from .workflow import (
 log = logging.getLogger("workflow_graph")
 
 DEFAULT_RETAIN_RUNS = 50
+READY_CHECK_TIMEOUT_SECS = 2.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +198,8 @@ class System:
     history: MemoryHistory | None = None  # with no store
     trigger_store: EmbeddedTriggerStore = field(default_factory=MemoryTriggerStore)
     automation: Automation | None = None  # schedules, webhook deliveries, notifications
+    metrics: Metrics = field(default_factory=Metrics)
+    secrets: SecretStore = field(default_factory=SecretStore)
     _run_seq: int = 1
     _specs: dict[str, WorkflowSpec] = field(default_factory=dict)  # by digest
     _digests: dict[int, tuple[WorkflowSpec, str, str]] = field(default_factory=dict)
@@ -279,10 +311,22 @@ class Runtime:
         self._next_seq = 1  # creation order of API-created workflows, as stored
         # The directory of workflow actors, in creation order (files first, by name).
         self._workflows = system.workflows
+        self._waiting = WaitingWatch()
+        self._started = False
+        self._stopping = False
 
     @property
     def api_only(self) -> bool:
         return self._system.api_only
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._system.metrics
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """The secrets a definition may read (`${{ secrets.NAME }}`)."""
+        return self._system.secrets.names
 
     @property
     def workflow_count(self) -> int:
@@ -330,7 +374,7 @@ class Runtime:
         limit = self.limits.max_jobs_per_workflow
         if body.jobs and len(body.jobs) > limit:  # refused before building anything
             raise LimitExceeded(f"limit max_jobs_per_workflow ({limit}) exceeded")
-        spec = spec_from_create(str(uuid.uuid4()), body)
+        spec = spec_from_create(str(uuid.uuid4()), body, secrets=self.secret_names)
         self.check_definition(spec)
         self._check_room()  # before the store commit: a refused create leaves no trace
         if self._system.journal is not None:
@@ -353,15 +397,23 @@ class Runtime:
             counts = await self._ask_all(actors, GetStatusCounts)
             matching = [a for a, c in zip(actors, counts, strict=True) if c.get(status)]
             page = matching[offset : offset + limit]
-        return await self._ask_all(page, GetStatus)
+        coverage = await self._coverage() if page else None
+        return await self._ask_all(page, lambda: GetStatus(coverage))
 
-    async def _ask_all(self, actors: list[WorkflowActor], message_type) -> list:
+    async def _ask_all(self, actors: list[WorkflowActor], make_message) -> list:
         """Ask many actors at once and gather the answers in order."""
-        replies = [actor.post(message_type()) for actor in actors]
+        replies = [actor.post(make_message()) for actor in actors]
         return [await r.wait() for r in replies]
 
     async def get_status(self, workflow_id: str) -> Workflow:
-        return await self._workflow(workflow_id).ask(GetStatus())
+        actor = self._workflow(workflow_id)
+        return await actor.ask(GetStatus(await self._coverage()))
+
+    async def _coverage(self) -> Coverage:
+        """The live workers' label sets now, for the `waiting` of the jobs in a view."""
+        reading = await self._system.workers.ask(ReadCoverage())
+        watch = self._waiting
+        return Coverage(reading.live_label_sets, now_ms(), watch.since, watch.last_look_ms)
 
     async def get_definition(self, workflow_id: str) -> WorkflowSpec:
         """The definition new runs of the workflow start with (immutable)."""
@@ -383,6 +435,7 @@ class Runtime:
         `mark` (what started the run: a schedule's due time, a webhook delivery)
         is stored in the run's own commit."""
         actor = self._workflow(workflow_id)
+        self._system.secrets.check_spec(actor.spec)
         store = self._system.trigger_store
         records = store.records(mark) if mark is not None else []
         created = await actor.ask(
@@ -398,6 +451,7 @@ class Runtime:
         previous, spec = await self._run_state(actor, number)
         if previous.active:
             raise Conflict(f"run {number} of workflow '{workflow_id}' has not finished")
+        self._system.secrets.check_spec(spec)
         carried: dict[str, list[LogChunk]] = {}
         if failed_only:
             for job_id, job in previous.jobs.items():
@@ -440,19 +494,19 @@ class Runtime:
         actor = self._workflow(workflow_id)
         system = self._system
         if system.history is not None:
-            return [
-                run_view(live.state, live.plan)
-                for live in system.history.page(workflow_id, limit, offset)
-            ]
+            page = system.history.page(workflow_id, limit, offset)
+            coverage = await self._coverage() if page else None
+            return [run_view(live.state, live.plan, coverage) for live in page]
         if system.journal is None:
             return []
         stored = await system.journal.read(lambda db: read_runs(db, workflow_id, limit, offset))
         runs = []
         held = {live.state.number: live for live in actor.live_runs()}
+        coverage = await self._coverage() if held else None
         for row in stored:
             live = held.get(row.row["number"])
             if live is not None:
-                runs.append(run_view(live.state, live.plan))
+                runs.append(run_view(live.state, live.plan, coverage))
             else:
                 runs.append(self._stored_view(row))
         return runs
@@ -460,7 +514,8 @@ class Runtime:
     async def get_run(self, workflow_id: str, number: int) -> Run:
         actor = self._workflow(workflow_id)
         state, spec = await self._run_state(actor, number)
-        return run_view(state, self._system.run_plan(spec, state))
+        coverage = await self._coverage() if state.active else None
+        return run_view(state, self._system.run_plan(spec, state), coverage)
 
     async def _run_state(self, actor: WorkflowActor, number: int) -> tuple[RunState, WorkflowSpec]:
         """A run's state and definition, from memory or the store; NotFound says whether
@@ -587,6 +642,8 @@ class Runtime:
                 return None
             claim = await self._grant(entry, worker_id, lease_ttl_secs)
             if claim is not None:
+                if entry.woke_claim:
+                    self.metrics.claim_dispatched(trio.current_time() - entry.due)
                 return claim
             # The entry was stale (its run was cancelled or replaced): look again.
 
@@ -605,18 +662,22 @@ class Runtime:
         if actor is None:
             return None
         lease_id = str(uuid.uuid4())
+        now = now_ms()
         lease = Lease(
             lease_id=lease_id,
             job_id=job_id,
             workflow_id=workflow_id,
             worker_id=worker_id,
             ttl_secs=ttl_secs,
-            granted_at_ms=now_ms(),
+            granted_at_ms=now,
         )
+        job, secrets = self._reveal(actor, number, entry.job)
         try:
             # Shielded: a job is either leased or back in the queue, never lost between.
             with trio.CancelScope(shield=True):
-                lease_actor = LeaseActor(lease, number, actor, self._system, attempt=entry.attempt)
+                lease_actor = LeaseActor(
+                    lease, number, actor, self._system, attempt=entry.attempt, secrets=secrets
+                )
                 claimed = JobClaimed(
                     number, job_id, entry.attempt, lease, deadline_ms(lease_actor.deadline)
                 )
@@ -629,7 +690,35 @@ class Runtime:
         except BaseException:
             self._system.scheduler.tell(Requeue(entry))
             raise
-        return Claim(job=entry.job, lease=lease)
+        claimable_ms = max(job.enqueued_at_ms, job.delayed_until_ms)
+        self.metrics.job_claimed(workflow_id, (now - claimable_ms) / 1000)
+        return Claim(job=job, lease=lease)
+
+    def _reveal(self, actor: WorkflowActor, number: int, job: QueuedJob) -> tuple[QueuedJob, list]:
+        """The job as its claim carries it: the secrets its definition reads, in its env
+        (and the values given, to mask its logs with)."""
+        if not any("secrets" in value for value in job.env.values()):
+            return job, []
+        spec = self._job_spec(actor, number, job.job_id)
+        allowed = job_references(spec) if spec is not None else frozenset()
+        env, values = self._system.secrets.reveal(job.env, allowed)
+        return job.model_copy(update={"env": env}), values
+
+    def _job_spec(self, actor: WorkflowActor, number: int, job_id: str) -> JobSpec | None:
+        """The definition of a job of a run the workflow holds (immutable, safe to read)."""
+        for live in actor.live_runs():
+            if live.state.number == number:
+                inst = live.plan.instances.get(job_id)
+                return inst.spec if inst is not None else None
+        return None
+
+    def _lease_secrets(self, actor: WorkflowActor, number: int, job_id: str) -> list[str]:
+        """The secret values a restored lease's job was given."""
+        spec = self._job_spec(actor, number, job_id)
+        if spec is None:
+            return []
+        values = self._system.secrets.values
+        return [values[name] for name in job_references(spec) if name in values]
 
     def _restore(self, snapshot: Snapshot, file_specs: list[WorkflowSpec]) -> None:
         """Before serving: workflows, runs, queue, groups, leases, logs and workers."""
@@ -699,6 +788,8 @@ class Runtime:
                 system,
                 deadline=deadline_from_ms(stored_deadline),
                 attempt=attempt,
+                secrets=self._lease_secrets(actor, number, lease.job_id),
+                claimed_at_ms=actor.live_started_at(number, lease.job_id),
             )
             system.leases[lease.lease_id] = lease_actor
             system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))
@@ -822,10 +913,55 @@ class Runtime:
 
     async def stop_parking(self) -> None:
         """Answer every parked claim with None now and park no more (for shutdown)."""
+        self._stopping = True
         await self._system.scheduler.ask(StopParking())
 
     async def queue_stats(self) -> dict[str, int]:
         return await self._system.scheduler.ask(QueueStats())
+
+    # --- operations ---
+
+    async def scrape(self) -> bytes:
+        """Every metric in the Prometheus text format, the gauges read now."""
+        system = self._system
+        queue = await system.scheduler.ask(ReadQueue())
+        workers = await system.workers.ask(ReadCoverage())
+        state = QueueState(
+            ready=queue.ready,
+            delayed=queue.delayed,
+            active_leases=len(system.leases),
+            parked_claims=queue.parked,
+            workers=workers.by_status,
+            live_label_sets=workers.live_label_sets,
+            now_ms=now_ms(),
+        )
+        return self.metrics.exposition(state)
+
+    async def readiness(self) -> str | None:
+        """None when the runtime serves (started, store writable); else why not."""
+        if not self._started:
+            return "the runtime is starting"
+        if self._stopping:
+            return "the server is shutting down"
+        journal = self._system.journal
+        if journal is None:
+            return None
+        with trio.move_on_after(READY_CHECK_TIMEOUT_SECS):
+            try:
+                await journal.commit([mark_alive(now_ms())])
+            except StoreFailed as exc:
+                return str(exc)
+            return None
+        return f"the store did not commit a write within {READY_CHECK_TIMEOUT_SECS:g} s"
+
+    async def watch_waiting(self, interval_secs: float = WATCH_INTERVAL_SECS) -> None:
+        """Every few seconds: which ready label sets no live worker can take (one
+        warning as each starts waiting; `since_ms` of the jobs' `waiting`)."""
+        while True:
+            queue = await self._system.scheduler.ask(ReadQueue())
+            workers = await self._system.workers.ask(ReadCoverage())
+            self._waiting.update(queue.ready, workers.live_label_sets, now_ms())
+            await trio.sleep(interval_secs)
 
 
 @asynccontextmanager
@@ -839,6 +975,8 @@ async def open_runtime(
     retain_runs: int = DEFAULT_RETAIN_RUNS,
     webhook_secret: str | None = None,
     warn=None,
+    secrets: SecretStore | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Runtime]:
     """Start the actors, recover or load definitions, and yield the `Runtime`.
 
@@ -847,8 +985,12 @@ async def open_runtime(
     when the store cannot be opened or read. Every actor stops on exit.
     Schedules fire while it is open; notifications are signed with
     `webhook_secret` when it is given.
+
+    `secrets` are what definitions may read as `${{ secrets.NAME }}`; `metrics`
+    (default: a fresh registry) is what `/metrics` serves.
     """
     limits = limits or Limits()
+    secrets = secrets or SecretStore()
     store = None
     if data_dir is not None and str(data_dir) != ":memory:":
         store = Store(data_dir)
@@ -857,7 +999,7 @@ async def open_runtime(
         from .definitions import load_workflows_dir
 
         kwargs = {"warn": warn} if warn is not None else {}
-        loaded.extend(load_workflows_dir(Path(workflows_dir), **kwargs))
+        loaded.extend(load_workflows_dir(Path(workflows_dir), secrets=secrets.names, **kwargs))
     snapshot = store.load() if store is not None else Snapshot()
     try:
         async with trio.open_nursery() as nursery:
@@ -871,6 +1013,8 @@ async def open_runtime(
                 journal=journal,
                 retain_runs=max(1, retain_runs),
                 history=MemoryHistory() if store is None else None,
+                metrics=metrics or Metrics(),
+                secrets=secrets,
                 trigger_store=SqliteTriggerStore(journal) if journal else MemoryTriggerStore(),
             )
             system.groups = ConcurrencyGroups(system.admit, system.cancel_run)
@@ -887,8 +1031,12 @@ async def open_runtime(
             ):
                 if actor is not None:
                     nursery.start_soon(actor.run)
-            system.automation = Automation(runtime, system.trigger_store, webhook_secret)
+            system.automation = Automation(
+                runtime, system.trigger_store, system.metrics, webhook_secret
+            )
             await system.automation.start(nursery, runtime.definitions())
+            nursery.start_soon(runtime.watch_waiting)
+            runtime._started = True
             try:
                 yield runtime
             finally:

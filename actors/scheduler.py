@@ -33,6 +33,7 @@ class Entry:
     job: QueuedJob
     due: float = 0.0  # trio time when it becomes claimable
     seq: int = 0  # claim order: lower is older
+    woke_claim: bool = False  # handed to a parked claim, rather than taken from the queue
 
 
 # --- messages ---------------------------------------------------------------
@@ -71,6 +72,19 @@ class Unpark:
 @dataclass(slots=True)
 class QueueStats:
     pass
+
+
+@dataclass(slots=True)
+class ReadQueue:
+    """For the gauges and the waiting watch: per ready label set (jobs, the head's
+    claimable-since epoch ms), and how many jobs are delayed and claims parked."""
+
+
+@dataclass(slots=True)
+class QueueReading:
+    ready: dict[frozenset[str], tuple[int, int]]
+    delayed: int
+    parked: int
 
 
 @dataclass(slots=True)
@@ -122,6 +136,12 @@ class Scheduler(Actor):
             case Withdraw(keys):
                 for key in keys:
                     self._remove(key)
+            case ReadQueue():
+                return QueueReading(
+                    {labels: _head_reading(fifo) for labels, fifo in self._ready.items()},
+                    len(self._delayed_entries),
+                    len(self._parked),
+                )
             case StopParking():
                 self._parking = False
                 for parked in self._parked.values():
@@ -164,6 +184,7 @@ class Scheduler(Actor):
                 continue
             if entry.labels <= parked.labels:
                 del self._parked[token]
+                entry.woke_claim = True
                 parked.reply.set(entry)
                 return
         entry.seq = -next(self._seq) if front else next(self._seq)
@@ -192,6 +213,7 @@ class Scheduler(Actor):
         if best is None:
             return None
         _, entry = best.popitem(last=False)
+        entry.woke_claim = False
         del self._ready_label[entry.key]
         if not best:
             del self._ready[entry.labels]
@@ -205,3 +227,9 @@ class Scheduler(Actor):
             if not fifo:
                 del self._ready[label_set]
         self._delayed_entries.pop(key, None)
+
+
+def _head_reading(fifo: OrderedDict[JobKey, Entry]) -> tuple[int, int]:
+    """(jobs in the FIFO, when its head, the next to be claimed, became claimable)."""
+    head = next(iter(fifo.values())).job
+    return len(fifo), max(head.enqueued_at_ms, head.delayed_until_ms)

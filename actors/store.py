@@ -97,6 +97,11 @@ def put_workflow(workflow_id: str, seq: int, spec_json: str) -> Record:
     return ("INSERT OR REPLACE INTO workflows VALUES (?, ?, ?)", (workflow_id, seq, spec_json))
 
 
+def mark_alive(now_ms: int) -> Record:
+    """A write whose commit shows the store is writable (the readiness check)."""
+    return ("INSERT OR REPLACE INTO meta VALUES ('last_ready_check_ms', ?)", (str(now_ms),))
+
+
 def put_definition(digest: str, spec_json: str) -> Record:
     return ("INSERT OR IGNORE INTO definitions VALUES (?, ?)", (digest, spec_json))
 

@@ -32,13 +32,13 @@ class WorkerRecord:
             "ttl_secs": self.ttl_secs,
         }
 
-    def info(self, now: int) -> WorkerInfo:
+    def status(self, now: int) -> WorkerStatus:
         if now - self.last_heartbeat_ms > self.ttl_secs * OFFLINE_AFTER_TTLS * 1000:
-            status = WorkerStatus.offline
-        elif self.jobs:
-            status = WorkerStatus.busy
-        else:
-            status = WorkerStatus.idle
+            return WorkerStatus.offline
+        return WorkerStatus.busy if self.jobs else WorkerStatus.idle
+
+    def info(self, now: int) -> WorkerInfo:
+        status = self.status(now)
         return WorkerInfo(
             worker_id=self.worker_id,
             labels=list(self.labels),
@@ -84,6 +84,17 @@ class ListWorkers:
     pass
 
 
+@dataclass(slots=True)
+class ReadCoverage:
+    """How many workers have each status, and the label sets of those not offline."""
+
+
+@dataclass(slots=True)
+class WorkerReading:
+    by_status: dict[str, int]
+    live_label_sets: frozenset[frozenset[str]]
+
+
 class WorkerRegistry(Actor):
     name = "worker registry"
 
@@ -123,9 +134,21 @@ class WorkerRegistry(Actor):
             case ListWorkers():
                 now = now_ms()
                 return [r.info(now) for r in self._workers.values()]
+            case ReadCoverage():
+                return self._reading(now_ms())
             case _:
                 raise TypeError(f"worker registry cannot handle {message!r}")
         return None
+
+    def _reading(self, now: int) -> WorkerReading:
+        by_status = {status.value: 0 for status in WorkerStatus}
+        live: set[frozenset[str]] = set()
+        for record in self._workers.values():
+            status = record.status(now)
+            by_status[status.value] += 1
+            if status is not WorkerStatus.offline:
+                live.add(frozenset(record.labels))
+        return WorkerReading(by_status, frozenset(live))
 
     def restore(self, rows: list[dict]) -> None:
         """Before the actor starts: the workers read back from the store."""

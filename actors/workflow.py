@@ -48,6 +48,7 @@ from .store import (
     put_run_event,
     set_flag,
 )
+from .waiting import Coverage, waiting_mark
 
 if TYPE_CHECKING:
     from .runtime import System
@@ -109,7 +110,7 @@ class CancelRuns:
 
 @dataclass(slots=True)
 class GetStatus:
-    pass
+    coverage: Coverage | None = None  # the live workers, for the jobs' `waiting`
 
 
 @dataclass(slots=True)
@@ -258,6 +259,9 @@ class WorkflowActor(Actor):
     def live_attempt(self, number: int, job_id: str) -> int:
         return self._live[number].state.jobs[job_id].attempt
 
+    def live_started_at(self, number: int, job_id: str) -> int | None:
+        return self._live[number].state.jobs[job_id].started_at
+
     def rearm_deadlines(self) -> None:
         for live in self._live.values():
             if live.state.active:
@@ -267,8 +271,8 @@ class WorkflowActor(Actor):
 
     def handle(self, message):
         match message:
-            case GetStatus():
-                return self._status()
+            case GetStatus(coverage):
+                return self._status(coverage)
             case GetStatusCounts():
                 return self._counts()
             case IsCancelled(job_id, number):
@@ -299,7 +303,7 @@ class WorkflowActor(Actor):
 
     # --- queries ---
 
-    def _status(self) -> Workflow:
+    def _status(self, coverage: Coverage | None = None) -> Workflow:
         live = self._live.get(self._latest)
         if live is None:
             workflow = self.spec.as_workflow()
@@ -311,7 +315,7 @@ class WorkflowActor(Actor):
             id=self.spec.id,
             name=self.spec.name,
             trigger=self.spec.trigger,
-            jobs=jobs_view(live.state, live.plan),
+            jobs=jobs_view(live.state, live.plan, coverage),
             run=RunRef(number=live.state.number, status=live.state.status),
         )
 
@@ -427,6 +431,15 @@ class WorkflowActor(Actor):
             fx = step.timed_out()
         elif m.kind == "queue":
             fx = step.queue_timed_out(m.job_id)
+            if fx.changed:
+                log.warning(
+                    "job %s (workflow %s, run %d) failed: %s",
+                    m.job_id,
+                    self.spec.id,
+                    m.number,
+                    live.state.jobs[m.job_id].output,
+                    extra={"workflow_id": self.spec.id, "run_id": m.number, "job_id": m.job_id},
+                )
         else:
             job = live.state.jobs.get(m.job_id)
             if job is None or job.lease_id != m.lease_id or job.timeout_at_ms is None:
@@ -489,6 +502,7 @@ class WorkflowActor(Actor):
         self._arm(live, {job_id: state.jobs[job_id] for job_id in fx.changed})
         if fx.run_changed and state.started_at_ms is not None and state.deadline_ms:
             system.timers.at(state.deadline_ms, self, Deadline(state.number, "run"))
+        system.metrics.effects_applied(state, fx)
         if fx.ended:
             system.run_ended(state, self)
             self._forget_finished()
@@ -556,8 +570,9 @@ class WorkflowActor(Actor):
 # --- views ------------------------------------------------------------------
 
 
-def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
-    """The run's jobs in the contract's `Job` shape, in plan order."""
+def jobs_view(state: RunState, run_plan: RunPlan, coverage: Coverage | None = None) -> list[Job]:
+    """The run's jobs in the contract's `Job` shape, in plan order; with `coverage`,
+    a claimable job no live worker can take is marked `waiting`."""
     jobs = []
     for job_id, inst in run_plan.instances.items():
         job_state = state.jobs.get(job_id) or JobRun()
@@ -577,13 +592,14 @@ def jobs_view(state: RunState, run_plan: RunPlan) -> list[Job]:
                 max_retries=spec.retry_policy.max_retries,
                 attempt=job_state.attempt,
                 metadata=spec.metadata,
+                waiting=waiting_mark(state, job_state, coverage),
                 **spec.visual,
             )
         )
     return jobs
 
 
-def run_view(state: RunState, run_plan: RunPlan) -> Run:
+def run_view(state: RunState, run_plan: RunPlan, coverage: Coverage | None = None) -> Run:
     return Run(
         workflow_id=state.workflow_id,
         number=state.number,
@@ -594,6 +610,6 @@ def run_view(state: RunState, run_plan: RunPlan) -> Run:
         started_at_ms=state.started_at_ms,
         finished_at_ms=state.finished_at_ms,
         rerun_of=state.rerun_of,
-        jobs=jobs_view(state, run_plan),
+        jobs=jobs_view(state, run_plan, coverage),
         reason=state.reason,
     )

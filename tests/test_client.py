@@ -881,3 +881,25 @@ async def test_async_client_error_mapping(server: ServerProcess, label: str) -> 
     async with AsyncClient(f"http://127.0.0.1:{free_port()}") as client:
         with pytest.raises(ServerUnreachable):
             await client.list_workers()
+
+
+def test_several_servers_skip_one_that_refuses_connections(live_server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"  # bound, never listening
+        with Client(f"{dead}, {live_server.url}") as client:
+            assert client.servers == [dead, live_server.url]
+            assert isinstance(client.list_workflows(), list)
+            assert client.base_url == live_server.url  # and it stays there
+            assert isinstance(client.list_workers(), list)
+        with Client(dead) as alone, pytest.raises(ServerUnreachable):
+            alone.list_workflows()
+
+
+async def test_the_async_client_fails_over_too(live_server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        async with AsyncClient([dead, live_server.url]) as client:
+            assert isinstance(await client.list_workflows(), list)
+            assert client.base_url == live_server.url

@@ -42,7 +42,8 @@ class ErrorBodyIsNotJSON(AssertionError):
 
 
 def error_bodies_are_json(ctx, response, case) -> bool | None:
-    """Every 4xx/5xx answer is `{"error": "<non-empty text>"}` as application/json."""
+    """Every 4xx/5xx answer is `{"error": "<text>"}` as application/json (a refused
+    definition's also lists its problems in `errors`)."""
     if response.status_code < 400:
         return None
     content_type = response.headers.get("content-type", [""])
@@ -53,7 +54,13 @@ def error_bodies_are_json(ctx, response, case) -> bool | None:
         body = json.loads(response.content)
     except ValueError as exc:
         raise ErrorBodyIsNotJSON(f"{response.status_code} body is not JSON: {exc}") from None
-    if not (isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str)):
+    # `errors` is the extension listing every problem of a refused definition.
+    if not (
+        isinstance(body, dict)
+        and set(body) - {"errors"} == {"error"}
+        and isinstance(body["error"], str)
+        and isinstance(body.get("errors", []), list)
+    ):
         raise ErrorBodyIsNotJSON(f"{response.status_code} body is not an ErrorBody: {body!r}")
     return True
 

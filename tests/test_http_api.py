@@ -360,7 +360,7 @@ async def test_create_returns_201_with_new_uuid(api: Api):
 async def test_create_job_defaults(api: Api):
     wf = await api.create([job("build", "make")])
     (j,) = wf["jobs"]
-    assert set(j) == JOB_KEYS
+    assert set(j) == JOB_KEYS | {"waiting"}  # extension: why a queued job waits
     assert j == {
         "id": "build",
         "name": "build",
@@ -374,6 +374,7 @@ async def test_create_job_defaults(api: Api):
         "max_retries": 0,
         "attempt": 0,
         "metadata": {},
+        "waiting": None,
     }
 
 

@@ -21,6 +21,7 @@ import trio.testing
 from actors.automation import Notifier
 from actors.clock import now_ms, set_now_ms
 from actors.definitions import parse_definition_text
+from actors.metrics import Metrics
 from actors.models import JobStatus, RunStatus
 from actors.notify import (
     GIVE_UP_SECS,
@@ -185,7 +186,8 @@ async def test_the_notifier_retries_until_the_receiver_answers_2xx(autojump_cloc
         return httpx.Response(500 if len(seen) < 4 else 200)
 
     store = MemoryTriggerStore()
-    notifier = Notifier(store, "s3cret", transport=httpx.MockTransport(receiver))
+    metrics = Metrics()
+    notifier = Notifier(store, "s3cret", metrics=metrics, transport=httpx.MockTransport(receiver))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(notifier.run)
         notifier.enqueue(note(body='{"number":7}'))
@@ -201,6 +203,9 @@ async def test_the_notifier_retries_until_the_receiver_answers_2xx(autojump_cloc
     assert request.headers["X-Hub-Signature-256"] == sign("s3cret", b'{"number":7}')
     [stored] = await store.run_notifications("ci", 7)
     assert (stored.state, stored.attempts, stored.last_status) == ("delivered", 4, 200)
+    exposition = metrics.exposition().decode()
+    assert 'wfg_notification_attempts_total{outcome="retry"} 3.0' in exposition
+    assert 'wfg_notification_attempts_total{outcome="delivered"} 1.0' in exposition
 
 
 async def test_pending_notifications_are_sent_when_the_notifier_starts(autojump_clock):

@@ -115,6 +115,16 @@ def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
 
 
+@pytest.fixture(autouse=True)
+def quiet_waiting_watch(monkeypatch):
+    """The waiting watch wakes every 5 s; days of MockClock time would pass in 5 s steps."""
+
+    async def sleep_forever(self, interval_secs: float = 0) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(Runtime, "watch_waiting", sleep_forever)
+
+
 @pytest.fixture
 def store_clock():
     """Jumps after 0.25 s of real idleness: a commit in the journal's thread is not idle."""
@@ -211,6 +221,9 @@ async def test_a_due_time_that_meets_a_busy_workflow_is_skipped_and_counted(auto
         await runtime.cancel_workflow("busy")
         await sleep_until(at(2024, 1, 1, 12, 3, 30))
         assert len(await created(runtime, "busy")) == 2  # free again: 12:03 fired
+        metrics = runtime._system.metrics.exposition().decode()
+        assert 'wfg_trigger_skipped_total{trigger="schedule",workflow="busy"} 1.0' in metrics
+        assert 'wfg_triggered_runs_total{trigger="schedule",workflow="busy"} 2.0' in metrics
 
 
 async def test_a_required_input_without_default_skips_the_due_time(autojump_clock, caplog):

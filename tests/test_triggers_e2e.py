@@ -16,6 +16,7 @@ from test_webhooks import payload
 from worker_helpers import job_logs, log_text, start_worker, wait_for, write_workflow
 
 from actors.webhooks import sign
+from wfg import Client
 
 GITHUB_SECRET = "gh-secret-for-tests"
 DISPATCH_SECRET = "dispatch-secret-for-tests"
@@ -135,6 +136,10 @@ def test_signed_deliveries_start_runs_that_see_their_event(
         )
         assert record["notifications"][0]["attempts"] == 3
         assert record["notifications"][0]["last_status"] == 200
+        with Client(url) as client:
+            [note] = client.run_notifications("build", 1)
+            assert (note.state, note.attempts, note.url) == ("delivered", 3, receiver.url)
+            assert [s.cron for s in client.schedules("build")] == []
         headers, body = receiver.requests[-1]
         assert json.loads(body)["status"] == "success"
         assert "X-Hub-Signature-256" in headers

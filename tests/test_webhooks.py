@@ -353,6 +353,8 @@ async def test_a_busy_workflow_is_skipped_and_logged(caplog):
     async with hooks() as h:
         assert await h.started("push", payload("push")) == [("on-main", 1)]
         assert await h.started("push", payload("push")) == []
+        metrics = h.runtime._system.metrics.exposition().decode()
+        assert 'wfg_trigger_skipped_total{trigger="push",workflow="on-main"} 1.0' in metrics
         assert "workflow on-main not started: workflow 'on-main' already has an active run" in (
             caplog.text
         )

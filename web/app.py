@@ -15,6 +15,7 @@ import math
 from typing import Annotated, Any
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, RootModel
 from quart import Response, request
 from quart_cors import cors
@@ -67,6 +68,7 @@ from .gate import (
     RequestGate,
     SimpleCors,
 )
+from .http_metrics import HttpMetrics, note_route
 from .wire import BadRequest, M, body_too_large, dump, error_answer, parse_body
 
 log = logging.getLogger("workflow_graph.web")
@@ -124,6 +126,14 @@ class EventStream(RootModel[str]):
     """Server-Sent Events: `event: log` blocks, each a LogChunk as JSON, and comments."""
 
 
+class MetricsText(RootModel[str]):
+    """The Prometheus text exposition format."""
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
 # What each error status means, on every route that documents it.
 ERROR_DESCRIPTIONS = {
     400: "Malformed JSON or query parameter, or a Host this server does not answer to",
@@ -177,6 +187,9 @@ class _Provider(OpenAPIProvider):
         if model is EventStream:
             content = {"text/event-stream": {"schema": {"type": "string"}}}
             return {"content": content, "description": EventStream.__doc__}, {}
+        if model is MetricsText:
+            content = {"text/plain": {"schema": {"type": "string"}}}
+            return {"content": content, "description": MetricsText.__doc__}, {}
         return super().build_response_object(model, headers_model)
 
 
@@ -268,15 +281,17 @@ def create_app(
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS,
     github_webhook_secret: str | None = None,
     webhook_secret: str | None = None,
+    metrics_public: bool = False,
 ) -> QuartTrio:
     """The QuartTrio app serving the REST API over `runtime`.
 
     `allowed_hosts` adds `Host` names to the loopback ones and the address
     a client connects to (`*`: any); `cors_origins` is the allow-list for
     browsers, for reads and, with Origin, for changes (see `web.gate`).
-    Tokens left None leave their routes open (see `web.auth`). At most
-    `max_sse_streams` log streams are open at once (429 past it), and each
-    ends after `sse_max_secs`; an EventSource client reconnects. The webhook
+    Tokens left None leave their routes open (see `web.auth`); `/metrics` needs
+    the API token unless `metrics_public`. At most `max_sse_streams` log
+    streams are open at once (429 past it), and each ends after
+    `sse_max_secs`; an EventSource client reconnects. The webhook
     routes answer only with their secret set (see `web.webhooks`).
     """
     app = QuartTrio("workflow_graph")
@@ -294,10 +309,12 @@ def create_app(
         **_security_docs(api_token or worker_token),
     )
     app = cors(app, allow_origin=cors_origins if cors_origins else "*")
-    # First of the before_request hooks: 401 comes before any look at the body.
-    guard = TokenGuard(api_token, worker_token)
+    note_route(app)  # before the token check, which may answer first
+    # First of the hooks that answer: 401 comes before any look at the body.
+    guard = TokenGuard(api_token, worker_token, metrics_public)
     install_auth(app, guard)
-    streams = _StreamSlots(max_sse_streams)
+    metrics = runtime.metrics
+    streams = _StreamSlots(max_sse_streams, metrics.sse_streams)
 
     @app.before_request
     async def _refuse_large_bodies():
@@ -330,6 +347,31 @@ def create_app(
     async def _unexpected(exc: Exception):
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(500, "internal server error")
+
+    # --- operations ---
+
+    @app.get("/healthz")
+    @document_response(Health, 200)
+    async def healthz():
+        """The process answers (liveness)."""
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    @document_response(Health, 200)
+    @_errors(503)
+    async def readyz():
+        """The runtime has started and its store takes writes (readiness); 503 says why not."""
+        reason = await runtime.readiness()
+        if reason is not None:
+            return _error(503, reason)
+        return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    @document_response(MetricsText, 200)
+    @_errors(401)
+    async def metrics_text():
+        """Prometheus metrics of this server (needs the API token unless METRICS_PUBLIC=1)."""
+        return Response(await runtime.scrape(), content_type=CONTENT_TYPE_LATEST)
 
     # --- workflows ---
 
@@ -570,12 +612,14 @@ def create_app(
         max_body_bytes=max_body_bytes,
         cors=simple_cors,
     )
-    app.asgi_app = RequestGate(  # type: ignore[method-assign]
+    gate = RequestGate(
         fast_path,
         hosts=HostPolicy(allowed_hosts or ()),
         origins=OriginPolicy(cors_origins),
         cors=simple_cors,
     )
+    # Outermost: every answer is counted, the gate's refusals included.
+    app.asgi_app = HttpMetrics(gate, metrics)  # type: ignore[method-assign]
     return app
 
 
@@ -628,20 +672,23 @@ async def _sse(subscription, keepalive_secs: float, max_secs: float = math.inf):
 
 
 class _StreamSlots:
-    """A count of open log streams, bounded by `max_sse_streams`."""
+    """A count of open log streams, bounded by `max_sse_streams`, shown by `gauge`."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge) -> None:
         self.limit = limit
         self.open = 0
+        self._gauge = gauge
 
     def acquire(self) -> bool:
         if self.open >= self.limit:
             return False
         self.open += 1
+        self._gauge.inc()
         return True
 
     def release(self) -> None:
         self.open -= 1
+        self._gauge.dec()
 
 
 class _LogStream:

@@ -14,10 +14,12 @@ Which token a route needs is decided by its URL rule:
   deployment with a single token guards everything with it (the `wfg` tools
   send it on worker calls in that case too);
 - every other `/api/...` route, matched or not, needs the API token;
+- `/metrics` needs the API token too, unless `METRICS_PUBLIC=1` opens it;
 - the webhook routes (`POST /api/webhooks/github`, `POST .../dispatch`) need
   no token: they check a signature of their body instead (`web.webhooks`);
-- the rest (`/openapi.json`, `/docs`, the dashboard's pages and static files)
-  is public, and so is every `OPTIONS` request, so CORS preflights work.
+- the rest (`/openapi.json`, `/docs`, `/healthz`, `/readyz`, the dashboard's
+  pages and static files) is public, and so is every `OPTIONS` request, so
+  CORS preflights work.
 
 Tokens are compared with `hmac.compare_digest` and never logged or echoed.
 """
@@ -40,6 +42,7 @@ WORKER_RULES = frozenset(
 SIGNED_RULES = frozenset({"/api/webhooks/github", "/api/workflows/<workflow_id>/dispatch"})
 WORKER_PREFIX = "/api/jobs/"
 API_PREFIX = "/api/"
+METRICS_PATH = "/metrics"
 # Rules whose token may also come as `?access_token=`: EventSource sends no headers.
 QUERY_TOKEN_SUFFIX = "/logs/stream"
 
@@ -49,11 +52,13 @@ def _secret(token: str | None) -> bytes | None:
 
 
 def route_scope(rule: str | None, path: str) -> str:
-    """`worker`, `api`, `signed` or `public`: which token the route (or unmatched path)
-    needs; `signed` and `public` need none."""
+    """`worker`, `api`, `metrics`, `signed` or `public`: which token the route (or
+    unmatched path) needs; `signed` and `public` need none."""
     if rule in SIGNED_RULES:
         return "signed"
     where = rule if rule is not None else path
+    if where == METRICS_PATH:
+        return "metrics"
     if where in WORKER_RULES or where.startswith(WORKER_PREFIX):
         return "worker"
     if rule is None and path.startswith("/api/workers/") and path.endswith("/heartbeat"):
@@ -85,10 +90,13 @@ def challenge(error_code: str | None) -> str:
 class TokenGuard:
     """Decides whether a request may reach a route; None or empty tokens guard nothing."""
 
-    def __init__(self, api_token: str | None, worker_token: str | None) -> None:
+    def __init__(
+        self, api_token: str | None, worker_token: str | None, metrics_public: bool = False
+    ) -> None:
         self._secrets = {
             "api": _secret(api_token),
             "worker": _secret(worker_token) or _secret(api_token),
+            "metrics": None if metrics_public else _secret(api_token),
         }
         self.active = any(self._secrets.values())
 
@@ -97,10 +105,11 @@ class TokenGuard:
         secret = self._secrets.get(scope)
         if secret is None:
             return None
+        token = "api" if scope == "metrics" else scope
         if presented is None:
-            return f"this route needs the {scope} token (Bearer)", None
+            return f"this route needs the {token} token (Bearer)", None
         if not hmac.compare_digest(presented, secret):
-            return f"the {scope} token is not valid", "invalid_token"
+            return f"the {token} token is not valid", "invalid_token"
         return None
 
 

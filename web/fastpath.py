@@ -23,12 +23,17 @@ from actors import Runtime
 from . import protocol
 from .auth import TokenGuard, challenge, presented_token
 from .gate import SimpleCors, UnreadBody, has_body
+from .http_metrics import ROUTE_KEY
 from .wire import BadRequest, body_too_large, dump, error_answer, error_body, send_json
 
 log = logging.getLogger("workflow_graph.web")
 
 CLAIM_PATH = "/api/jobs/claim"
 LEASE_PATH = re.compile(r"/api/jobs/([^/]+)/(heartbeat|complete|fail|logs)")
+# The Quart rules of the same routes: what their metrics are counted under.
+LEASE_ROUTES = {
+    action: f"/api/jobs/<lease_id>/{action}" for action in ("heartbeat", "complete", "fail", "logs")
+}
 
 
 class _BodyTooLarge(Exception):
@@ -57,8 +62,10 @@ class ProtocolFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             if path == CLAIM_PATH:
+                scope[ROUTE_KEY] = CLAIM_PATH
                 return await self._serve(scope, receive, send, None, None)
             if (match := LEASE_PATH.fullmatch(path)) is not None:
+                scope[ROUTE_KEY] = LEASE_ROUTES[match[2]]
                 return await self._serve(scope, receive, send, match[1], match[2])
         await self._app(scope, receive, send)
 

@@ -10,9 +10,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import trio
 from hypercorn.config import Config
@@ -20,6 +21,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Limits, open_runtime
 from actors.runtime import DEFAULT_RETAIN_RUNS
+from actors.secrets import ENV_PREFIX as SECRET_ENV_PREFIX
+from actors.secrets import SecretsError, SecretStore
 from actors.spec import DEFAULT_MAX_NAME_CHARS, MAX_NAME_CHARS
 from actors.store import StoreError
 
@@ -43,6 +46,9 @@ KEEP_ALIVE_TIMEOUT_SECS = 75
 # A request head (line and headers) bigger than this is refused. A body must arrive
 # within Quart's BODY_TIMEOUT (60 s), else 408.
 MAX_INCOMPLETE_HEAD_BYTES = 64 * 1024
+
+
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -118,6 +124,9 @@ class ServerSettings:
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS
     max_name_chars: int = DEFAULT_MAX_NAME_CHARS
+    metrics_public: bool = False
+    secrets_dir: Path | None = None
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -125,6 +134,10 @@ class ServerSettings:
         port = _number(env, "PORT", 3000)
         if port > 65535:
             raise SettingsError(f"PORT must be at most 65535, got {port}")
+        log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+        if log_format not in LOG_FORMATS:
+            raise SettingsError(f"LOG_FORMAT must be text or json, got {log_format!r}")
+        secrets_dir = env.get("SECRETS_DIR", "").strip()
         return cls(
             host=env.get("HOST", "").strip() or "127.0.0.1",
             port=port,
@@ -156,6 +169,9 @@ class ServerSettings:
             max_sse_streams=_number(env, "MAX_SSE_STREAMS", DEFAULT_MAX_SSE_STREAMS, int, 1),
             sse_max_secs=_number(env, "SSE_MAX_SECS", DEFAULT_SSE_MAX_SECS, float, 1),
             max_name_chars=_number(env, "MAX_NAME_CHARS", DEFAULT_MAX_NAME_CHARS, int, 1),
+            metrics_public=_flag(env.get("METRICS_PUBLIC")),
+            secrets_dir=Path(secrets_dir) if secrets_dir else None,
+            log_format=log_format,
         )
 
     def host_names(self) -> list[str]:
@@ -229,7 +245,9 @@ async def _run_local_workers(count: int, url: str, stop: trio.Event) -> None:
     closes it however we end, and `--watch-stdin` makes the workers stop then.
     """
     procs = []
-    env = {**os.environ, "SERVER_URL": url}
+    # The server's secrets reach a job through its claim alone, never by inheritance.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIX)}
+    env["SERVER_URL"] = url
     lifeline, held = os.pipe()
     try:
         for i in range(count):
@@ -280,13 +298,26 @@ def _hypercorn_config(sock: socket.socket, settings: ServerSettings | None = Non
     return config
 
 
+def _printer(stream: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    return say
+
+
 async def _main(settings: ServerSettings) -> None:
-    say = lambda line: print(line, flush=True)  # noqa: E731
+    say: Callable[[str], None]
+    warn: Callable[[str], None]
+    if settings.log_format == "json":
+        say, warn = log.info, log.warning  # every line a JSON object, for collectors
+    else:
+        say, warn = _printer(sys.stdout), _printer(sys.stderr)
     # Bind before anything starts, so a bad HOST or PORT fails fast and plainly.
     sock = bind_socket(settings.host, settings.port)
     # Read by every definition check in this run: files loaded below and API creates.
     MAX_NAME_CHARS.set(settings.max_name_chars)
     host_names = settings.host_names()
+    secrets = SecretStore.load(settings.secrets_dir, os.environ)
     async with open_runtime(
         settings.workflows_dir,
         api_only=settings.api_only,
@@ -294,7 +325,8 @@ async def _main(settings: ServerSettings) -> None:
         retain_runs=settings.retain_runs,
         limits=settings.limits(),
         webhook_secret=settings.webhook_secret,
-        warn=lambda line: print(line, file=sys.stderr, flush=True),
+        warn=warn,
+        secrets=secrets,
     ) as runtime:
         app = create_app(
             runtime,
@@ -307,9 +339,12 @@ async def _main(settings: ServerSettings) -> None:
             sse_max_secs=settings.sse_max_secs,
             github_webhook_secret=settings.github_webhook_secret,
             webhook_secret=settings.webhook_secret,
+            metrics_public=settings.metrics_public,
         )
         url = _url(sock)
         say(f"workflow-graph: {runtime.workflow_count} workflow(s) loaded")
+        if secrets.names:
+            say(f"workflow-graph: {len(secrets.names)} secret(s) available to definitions")
         if settings.api_only:
             say("workflow-graph: API_ONLY mode: no DAG cascade and no lease expiry")
         if settings.data_dir == ":memory:":
@@ -342,14 +377,39 @@ async def _main(settings: ServerSettings) -> None:
             stop.set()
 
 
+def log_formatter(log_format: str) -> logging.Formatter:
+    """Plain `logger: LEVEL: message` lines, or (`json`) one JSON object per line with
+    `time`, `level`, `logger`, `message` and the ids a line carries (`extra=`)."""
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+    return logging.Formatter("%(name)s: %(levelname)s: %(message)s")
+
+
+def configure_logging(log_format: str) -> None:
+    """The server's own log, on stderr, in `log_format`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter(log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    configure_logging(settings.log_format)
     reasons.install()
     try:
         trio.run(_main, settings)
-    except (SettingsError, StoreError) as exc:
-        print(f"workflow-graph: {exc}", file=sys.stderr)
+    except (SettingsError, StoreError, SecretsError) as exc:
+        if settings.log_format == "json":
+            log.error("workflow-graph: %s", exc)
+        else:
+            print(f"workflow-graph: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -26,6 +26,7 @@ from actors.models import (
     LogChunk,
     LogChunkIn,
     LogsRequest,
+    NotificationStatus,
     RegisterRequest,
     RerunRequest,
     Run,
@@ -204,8 +205,15 @@ def list_runs(workflow_id: str, limit: int | None, offset: int | None) -> Call[l
     return Call("GET", path, reader(list[Run]), params=params)
 
 
-def get_run(workflow_id: str, number: int) -> Call[RunDetail]:
-    return Call("GET", run_path(workflow_id, number), reader(RunDetail))
+def get_run(workflow_id: str, number: int) -> Call[Run]:
+    return Call("GET", run_path(workflow_id, number), reader(Run))
+
+
+def run_notifications(workflow_id: str, number: int) -> Call[list[NotificationStatus]]:
+    read_detail = reader(RunDetail)
+    return Call(
+        "GET", run_path(workflow_id, number), lambda response: read_detail(response).notifications
+    )
 
 
 def schedules(workflow_id: str) -> Call[list[ScheduleInfo]]:

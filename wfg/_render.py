@@ -172,6 +172,23 @@ def attempts(job: Job) -> str:
     return f"attempt {job.attempt + 1}/{job.max_retries + 1}"
 
 
+def waiting_text(job: Job, now: int | None = None) -> str:
+    """Why a queued job waits, e.g. `waiting 2m05s: no live worker has labels gpu`."""
+    waiting = job.waiting
+    if waiting is None:
+        return ""
+    now = now or now_ms()
+    since = f" {format_duration((now - waiting.since_ms) / 1000)}" if waiting.since_ms else ""
+    if waiting.reason == "no_worker":
+        labels = ",".join(waiting.labels or []) or "(none)"
+        return f"waiting{since}: no live worker has labels {labels}"
+    if waiting.reason == "delayed" and waiting.until_ms:
+        return f"retry in {format_duration((waiting.until_ms - now) / 1000)} (backoff)"
+    if waiting.reason == "concurrency":
+        return f"waiting{since}: concurrency group {waiting.group}"
+    return f"waiting: {waiting.reason}"
+
+
 def ago(ms: int, now: int | None = None) -> str:
     if ms <= 0:
         return "never"
@@ -287,7 +304,7 @@ def jobs_rows(jobs: Sequence[Job], *, ran: bool = True) -> Rows:
             elapsed(job, now),
             attempts(job),
             ",".join(job.depends_on),
-            (job.output or "").splitlines()[0] if job.output else "",
+            (job.output or "").splitlines()[0] if job.output else waiting_text(job, now),
             style=_STYLE[job.status.value] if ran else None,
         )
     return table

@@ -480,7 +480,8 @@ async def _serve(worker: Worker, watch_stdin: bool = False) -> int:
     envvar="SERVER_URL",
     default="http://localhost:3000",
     show_default=True,
-    help="Server URL [env SERVER_URL].",
+    help="Server URL [env SERVER_URL]; several, comma-separated, for the nodes of one "
+    "cluster: a node that does not answer is skipped for the next.",
 )
 @click.option(
     "--labels",

@@ -132,7 +132,8 @@ reconnect_option = click.option(
     default=DEFAULT_SERVER_URL,
     show_default=True,
     metavar="URL",
-    help="The server's base URL (env SERVER_URL).",
+    help="The server's base URL (env SERVER_URL); several, comma-separated: the first "
+    "that answers.",
 )
 @click.version_option(package_name="workflow-graph", prog_name="wfg")
 @click.pass_context
@@ -507,22 +508,21 @@ def _problem_lines(file: Path, exc: Exception) -> list[str]:
     return lines or [f"{file}: {exc}"]
 
 
-def _known_secrets() -> set[str] | None:
-    """The secret names this machine defines: files in SECRETS_DIR and WFG_SECRET_<NAME>
-    variables; None when neither is set (names are then not checked)."""
+def _known_secrets() -> frozenset[str] | None:
+    """The secret names this machine defines, read as the server reads them (files in
+    SECRETS_DIR, WFG_SECRET_<NAME> variables); None when neither is set (names are
+    then not checked)."""
     import os
 
-    prefix = "WFG_SECRET_"
-    names = {key[len(prefix) :] for key in os.environ if key.startswith(prefix) and key != prefix}
-    directory = os.environ.get("SECRETS_DIR")
-    if directory:
-        try:
-            names.update(p.name for p in Path(directory).iterdir() if p.is_file())
-        except OSError as exc:
-            fail(f"SECRETS_DIR {directory}: {exc.strerror or exc}", EXIT_FAILED)
-    elif not names:
+    from actors.secrets import ENV_PREFIX, SecretsError, SecretStore
+
+    directory = os.environ.get("SECRETS_DIR") or None
+    if directory is None and not any(key.startswith(ENV_PREFIX) for key in os.environ):
         return None
-    return names
+    try:
+        return SecretStore.load(directory).names
+    except SecretsError as exc:
+        fail(str(exc), EXIT_FAILED)
 
 
 # --- the server and the worker, implemented in web/ and wfg/agent.py ------------

@@ -16,7 +16,14 @@ asyncio; the worker agent uses it for the worker protocol.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing, contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -26,9 +33,9 @@ import httpx
 from actors.models import (
     Claim,
     LogChunk,
+    NotificationStatus,
     Run,
     RunAccepted,
-    RunDetail,
     ScheduleInfo,
     WorkerInfo,
     Workflow,
@@ -47,18 +54,35 @@ DEFAULT_SERVER_URL = "http://localhost:3000"
 DEFAULT_TIMEOUT_SECS = 10.0
 
 
+def server_urls(base_url: str | Sequence[str] | None) -> list[str]:
+    """The servers to use, in order: a URL, comma-separated URLs or a list of them
+    (default: `SERVER_URL`, else http://localhost:3000)."""
+    given = base_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL
+    parts = given.split(",") if isinstance(given, str) else list(given)
+    urls = [part.strip().rstrip("/") for part in parts if part.strip()]
+    if not urls:
+        raise ValueError("no server URL given")
+    return urls
+
+
 class _Base:
-    """What both clients share: the server URL, the tokens and error translation."""
+    """What both clients share: the servers, the tokens and error translation.
+
+    With several server URLs (nodes of one cluster behind no load balancer), a
+    request whose connection cannot be made moves on to the next server at once:
+    a refused connection never reached a server, so no call can be applied twice.
+    """
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         worker_token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECS,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("SERVER_URL") or DEFAULT_SERVER_URL).rstrip("/")
+        self.servers = server_urls(base_url)
+        self.base_url = self.servers[0]
         self._token = token if token is not None else os.environ.get("API_TOKEN") or None
         worker = worker_token if worker_token is not None else os.environ.get("WORKER_TOKEN")
         # A deployment with a single token uses it for the worker protocol too.
@@ -87,6 +111,17 @@ class _Base:
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         return {"headers": headers, "timeout": timeout}
+
+    def _next_server(self) -> bool:
+        """Point at the next server, if there are several; True if it moved."""
+        if len(self.servers) < 2:
+            return False
+        index = self.servers.index(self.base_url)
+        self.base_url = self.servers[(index + 1) % len(self.servers)]
+        self._http.base_url = httpx.URL(self.base_url)
+        return True
+
+    _http: Any
 
     def _translate(self, exc: httpx.HTTPError) -> ClientError:
         """The client error for a transport failure (an answer never arrived)."""
@@ -160,10 +195,18 @@ class Client(_Base):
         self.close()
 
     def _send(self, call: calls.Call[T]) -> T:
-        try:
-            response = self._http.request(call.method, call.path, **self._request_args(call))
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
+        start = self.base_url
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, **self._request_args(call))
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error = self._translate(exc)
+                if not self._next_server() or self.base_url == start:
+                    raise error from exc
+            except httpx.HTTPError as exc:
+                self._next_server()  # the next call tries another server
+                raise self._translate(exc) from exc
         calls.raise_for_status(response)
         return call.read(response)
 
@@ -207,10 +250,13 @@ class Client(_Base):
         """The workflow's retained runs, newest first (the server's default limit is 20)."""
         return self._send(calls.list_runs(workflow_id, limit, offset))
 
-    def get_run(self, workflow_id: str, number: int) -> RunDetail:
-        """One run with its jobs and how each notification of its end went; 404 for a
-        run that never existed or was pruned."""
+    def get_run(self, workflow_id: str, number: int) -> Run:
+        """One run with its jobs; 404 for a run that never existed or was pruned."""
         return self._send(calls.get_run(workflow_id, number))
+
+    def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went (the run's `notifications`)."""
+        return self._send(calls.run_notifications(workflow_id, number))
 
     def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
         """The workflow's `on.schedule` entries with their next and last due times."""
@@ -364,10 +410,19 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def _send(self, call: calls.Call[T]) -> T:
-        try:
-            response = await self._http.request(call.method, call.path, **self._request_args(call))
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
+        start = self.base_url
+        while True:
+            try:
+                args = self._request_args(call)
+                response = await self._http.request(call.method, call.path, **args)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error = self._translate(exc)
+                if not self._next_server() or self.base_url == start:
+                    raise error from exc
+            except httpx.HTTPError as exc:
+                self._next_server()  # the next call tries another server
+                raise self._translate(exc) from exc
         calls.raise_for_status(response)
         return call.read(response)
 
@@ -402,9 +457,13 @@ class AsyncClient(_Base):
         """The workflow's retained runs, newest first."""
         return await self._send(calls.list_runs(workflow_id, limit, offset))
 
-    async def get_run(self, workflow_id: str, number: int) -> RunDetail:
-        """One run with its jobs and its notifications; see `Client.get_run`."""
+    async def get_run(self, workflow_id: str, number: int) -> Run:
+        """One run with its jobs; 404 for a run that never existed or was pruned."""
         return await self._send(calls.get_run(workflow_id, number))
+
+    async def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went; see `Client.run_notifications`."""
+        return await self._send(calls.run_notifications(workflow_id, number))
 
     async def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
         """The workflow's schedules; see `Client.schedules`."""
