@@ -40,6 +40,7 @@ from .spec import WorkflowSpec
 from .trigger_store import (
     DELIVERY_DONE,
     DELIVERY_RETENTION_MS,
+    AlreadyHandled,
     DeliveryHandled,
     RunMark,
     ScheduleFired,
@@ -184,6 +185,9 @@ class ScheduleClock:
             accepted = await self._runtime.run_workflow(
                 key.workflow_id, {}, trigger="schedule", event=event, mark=ScheduleFired(key, due)
             )
+        except AlreadyHandled:
+            log.info("%s: due time %s was fired elsewhere", where, _shown(due))
+            self._marks[key] = mark.fired(due)
         except NOT_STARTED as exc:
             log.warning("%s: due time %s skipped: %s", where, _shown(due), exc)
             skipped = mark.skip(due)
@@ -262,6 +266,8 @@ class DeliveryIntake:
                         )
                     )
                     self._metrics.run_triggered(spec.id, delivery.trigger)
+                except AlreadyHandled:
+                    pass  # another node handled this delivery for this workflow
                 except NOT_STARTED as exc:
                     log.warning(
                         "delivery %s (%s %s): workflow %s not started: %s",

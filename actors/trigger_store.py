@@ -26,12 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from .errors import WorkflowGraphError
 from .journal import Journal
 from .notify import Notification
 from .schedules import ScheduleKey, ScheduleMark
 from .store import Record
 
 __all__ = [
+    "AlreadyHandled",
     "DELIVERY_DONE",
     "DELIVERY_RETENTION_MS",
     "DeliveryHandled",
@@ -69,6 +71,12 @@ class DeliveryHandled:
 
 
 RunMark = ScheduleFired | DeliveryHandled
+
+
+class AlreadyHandled(WorkflowGraphError):
+    """The run's mark was stored by someone else first (another node, a second leader):
+    the run was not created. A home with one writer (the embedded one) never raises it;
+    a shared database does, from the unique key or the compare-and-set of the mark."""
 
 
 class TriggerStore(Protocol):

@@ -17,12 +17,15 @@ import pytest
 import trio
 import trio.testing
 
+from actors.automation import ScheduleClock
 from actors.clock import now_ms, set_now_ms
 from actors.definitions import parse_definition_text
+from actors.metrics import Metrics
 from actors.models import WorkflowCreate
 from actors.runtime import Runtime, open_runtime
 from actors.schedules import ScheduleMark, due_at, next_at
 from actors.spec import WorkflowSpec
+from actors.trigger_store import AlreadyHandled, MemoryTriggerStore
 from actors.triggers import Schedule
 from web.app import create_app
 
@@ -346,3 +349,34 @@ async def test_the_schedules_route(autojump_clock):
             resp = await client.get("/api/workflows/nope/schedules")
             assert resp.status_code == 404
             assert "workflow 'nope' not found" in (await resp.get_json())["error"]
+
+
+class ElsewhereRuntime:
+    """A home where another node always stored the mark first."""
+
+    def __init__(self, specs: list[WorkflowSpec]) -> None:
+        self.specs = specs
+        self.asked = 0
+
+    def definitions(self) -> list[WorkflowSpec]:
+        return self.specs
+
+    async def run_workflow(self, workflow_id, inputs=None, *, trigger, event=None, mark=None):
+        self.asked += 1
+        raise AlreadyHandled("stored by another node")
+
+
+async def test_a_due_time_fired_elsewhere_is_neither_fired_nor_skipped_here(autojump_clock):
+    set_now_ms(at(2024, 1, 1, 12, 0, 30))
+    runtime = ElsewhereRuntime([scheduled("tick", "* * * * *")])
+    store, metrics = MemoryTriggerStore(), Metrics()
+    clock = ScheduleClock(runtime, store, metrics)
+    await clock.load(runtime.definitions())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clock.run)
+        await sleep_until(at(2024, 1, 1, 12, 2, 30))
+        nursery.cancel_scope.cancel()
+    assert runtime.asked == 2  # once per due time, never again for the same one
+    [info] = clock.view(runtime.specs[0])
+    assert (info.last_at_ms, info.skipped) == (at(2024, 1, 1, 12, 2), 0)
+    assert "wfg_trigger_skipped_total{" not in metrics.exposition().decode()

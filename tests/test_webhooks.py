@@ -543,3 +543,20 @@ def test_a_schema_2_store_moves_run_events_out_of_run_records(tmp_path):
     (kept,) = store.read(lambda db: db.execute("SELECT record FROM runs").fetchone())
     assert "event" not in json.loads(kept)
     store.close()
+
+
+async def test_a_delivery_handled_by_another_node_is_not_counted_as_skipped():
+    from test_schedules import ElsewhereRuntime
+
+    from actors.automation import DeliveryIntake
+    from actors.metrics import Metrics
+    from actors.trigger_store import DELIVERY_DONE, MemoryTriggerStore
+
+    runtime = ElsewhereRuntime([parse_definition_text("on-main", DEFINITIONS["on-main"])])
+    store, metrics = MemoryTriggerStore(), Metrics()
+    delivery = read_delivery("push", payload("push"))
+    assert delivery is not None
+    assert await DeliveryIntake(runtime, store, metrics).deliver("d-1", delivery) == []
+    assert runtime.asked == 1
+    assert await store.delivery("d-1") == {DELIVERY_DONE}
+    assert "wfg_trigger_skipped_total{" not in metrics.exposition().decode()

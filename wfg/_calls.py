@@ -210,7 +210,7 @@ def get_run(workflow_id: str, number: int) -> Call[Run]:
 
 
 def run_notifications(workflow_id: str, number: int) -> Call[list[NotificationStatus]]:
-    read_detail = reader(RunDetail)
+    read_detail: Callable[[httpx.Response], RunDetail] = reader(RunDetail)
     return Call(
         "GET", run_path(workflow_id, number), lambda response: read_detail(response).notifications
     )
