@@ -165,13 +165,9 @@ class ScheduleClock:
                 if due is not None:
                     await self._fire(key, due)
                     now = self._now()
-            wake = min(
-                (
-                    max(next_at(key.schedule, mark, now), self._retry_at.get(key, 0))
-                    for key, mark in self._marks.items()
-                ),
-                default=math.inf,
-            )
+            wakes = [next_at(key.schedule, mark, now) for key, mark in self._marks.items()]
+            wakes.extend(at for at in self._retry_at.values() if at > now)
+            wake = min(wakes, default=math.inf)
             self._wake = trio.Event()
             with trio.move_on_at(_deadline(wake, now)):
                 await self._wake.wait()

@@ -20,8 +20,9 @@ import trio.testing
 from actors.automation import ScheduleClock
 from actors.clock import now_ms, set_now_ms
 from actors.definitions import parse_definition_text
+from actors.journal import StoreFailed
 from actors.metrics import Metrics
-from actors.models import WorkflowCreate
+from actors.models import RunAccepted, RunStatus, WorkflowCreate
 from actors.runtime import Runtime, open_runtime
 from actors.schedules import ScheduleMark, due_at, next_at
 from actors.spec import WorkflowSpec
@@ -380,3 +381,28 @@ async def test_a_due_time_fired_elsewhere_is_neither_fired_nor_skipped_here(auto
     [info] = clock.view(runtime.specs[0])
     assert (info.last_at_ms, info.skipped) == (at(2024, 1, 1, 12, 2), 0)
     assert "wfg_trigger_skipped_total{" not in metrics.exposition().decode()
+
+
+class FlakyRuntime(ElsewhereRuntime):
+    """A home whose store fails the first time a run is asked for."""
+
+    async def run_workflow(self, workflow_id, inputs=None, *, trigger, event=None, mark=None):
+        self.asked += 1
+        if self.asked == 1:
+            raise StoreFailed("the change could not be stored: disk I/O error")
+        self.fired = (now_ms(), mark)
+        return RunAccepted(workflow_id=workflow_id, number=1, status=RunStatus.running)
+
+
+async def test_a_due_time_the_store_failed_is_tried_again_soon(autojump_clock, caplog):
+    set_now_ms(at(2024, 1, 1, 12, 0, 30))
+    runtime = FlakyRuntime([scheduled("hourly", "0 * * * *")])
+    clock = ScheduleClock(runtime, MemoryTriggerStore(), Metrics())
+    await clock.load(runtime.definitions())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clock.run)
+        await sleep_until(at(2024, 1, 1, 13, 0, 30))
+        nursery.cancel_scope.cancel()
+    assert "could not start a run" in caplog.text
+    when, mark = runtime.fired
+    assert mark.due_ms == at(2024, 1, 1, 13) and 0 < when - at(2024, 1, 1, 13) <= 5_100
