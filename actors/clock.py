@@ -20,3 +20,10 @@ def now_ms() -> int:
     if _anchor is None or _anchor[0] is not clock:
         _anchor = (clock, time.time() - trio.current_time())
     return int((_anchor[1] + trio.current_time()) * 1000)
+
+
+def set_now_ms(epoch_ms: int) -> None:
+    """Make `now_ms()` read `epoch_ms` at this instant, trio's clock driving it on from
+    there: tests pin the wall clock to a chosen date (a daylight-saving change)."""
+    global _anchor
+    _anchor = (trio.lowlevel.current_clock(), epoch_ms / 1000 - trio.current_time())

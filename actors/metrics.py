@@ -127,6 +127,25 @@ class Metrics:
             ["workflow", "status"],
             registry=r,
         )
+        trigger = ["workflow", "trigger"]
+        self._triggered = Counter(
+            "wfg_triggered_runs",
+            "Runs started by a trigger (schedule, push, pull_request, webhook).",
+            trigger,
+            registry=r,
+        )
+        self._trigger_skipped = Counter(
+            "wfg_trigger_skipped",
+            "Due times and deliveries whose workflow could not start a run (busy, bad input).",
+            trigger,
+            registry=r,
+        )
+        self._notifications = Counter(
+            "wfg_notification_attempts",
+            "Attempts to send a run's notification, by outcome (delivered, retry, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self._queue_wait = Histogram(
             "wfg_job_queue_wait_seconds",
             "From the moment a job could be claimed (queued, or its backoff over) to its claim.",
@@ -199,6 +218,15 @@ class Metrics:
 
     def run_finished(self, workflow_id: str, status: str) -> None:
         self._child(self._runs, self.workflow(workflow_id), str(status)).inc()
+
+    def run_triggered(self, workflow_id: str, trigger: str) -> None:
+        self._child(self._triggered, self.workflow(workflow_id), trigger).inc()
+
+    def trigger_skipped(self, workflow_id: str, trigger: str) -> None:
+        self._child(self._trigger_skipped, self.workflow(workflow_id), trigger).inc()
+
+    def notification_attempted(self, outcome: str) -> None:
+        self._child(self._notifications, outcome).inc()
 
     def claim_dispatched(self, latency_secs: float) -> None:
         self._dispatch.observe(max(0.0, latency_secs))

@@ -198,6 +198,34 @@ class Run(BaseModel):
     reason: str | None = None
 
 
+class NotificationStatus(BaseModel):
+    """How the notification of a run's end to one `notify` URL went (extension)."""
+
+    url: str
+    state: Literal["pending", "delivered", "failed"]  # failed: given up after 24 hours
+    attempts: int
+    last_status: int | None = None  # the HTTP status of the last answer
+    last_error: str | None = None  # why the last attempt failed
+    last_attempt_at_ms: int | None = None
+    next_attempt_at_ms: int | None = None  # while pending
+
+
+class RunDetail(Run):
+    """One run as `GET .../runs/{number}` answers: the run, and its notifications."""
+
+    notifications: list[NotificationStatus] = []
+
+
+class ScheduleInfo(BaseModel):
+    """One `on.schedule` entry of a workflow and when it fires (extension)."""
+
+    cron: str
+    timezone: str
+    next_at_ms: int
+    last_at_ms: int | None = None  # the last due time handled, fired or skipped
+    skipped: int = 0  # due times skipped because the workflow could not start a run
+
+
 class RunAccepted(BaseModel):
     """The answer to starting a run: its number, and `running` or `queued`."""
 
@@ -324,6 +352,9 @@ class QueuedJob(BaseModel):
     timeout_secs: int | None = None
     # The variables the worker exports before the command (secrets' values only here).
     env: dict[str, str] = Field(default={}, examples=[{"DEPLOY_TOKEN": "***"}])
+    # The payload of the event that started the run (a webhook's), else null; the agent
+    # writes it to the file `GITHUB_EVENT_PATH` names. `Any`: shared, never copied.
+    event: Any = None
 
 
 class Lease(BaseModel):

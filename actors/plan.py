@@ -420,8 +420,9 @@ def static_job_count(job: JobSpec) -> int:
 
 def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
     """The job as it is queued: every template evaluated, so any worker receives a
-    plain command. The command exports the run's inputs as `INPUT_<NAME>` and the
-    job's env, then runs its `run` (with `sh -c`) or its composed steps. Env
+    plain command. The command exports the run's inputs as `INPUT_<NAME>`, the
+    triggering event's `GITHUB_*` values and the job's env, then runs its `run`
+    (with `sh -c`) or its composed steps. Env
     values that read `secrets` are not in the command: they go to `Rendered.env`,
     which the worker exports."""
     if inst.error is not None:
@@ -438,7 +439,7 @@ def render(inst: JobInstance, ctx: Mapping[str, Any]) -> Rendered:
         )
     else:
         body = _render_text(spec.script, jctx, "run")
-    prelude = exports({**input_env(ctx), **plain})
+    prelude = exports({**input_env(ctx), **github_env(ctx), **plain})
     return Rendered(
         name=name,
         command=prelude + body,
@@ -490,6 +491,27 @@ def input_env(ctx: Mapping[str, Any]) -> dict[str, str]:
     return {
         "INPUT_" + name.upper().replace("-", "_"): input_text(value)
         for name, value in (ctx.get("inputs") or {}).items()
+    }
+
+
+# The `github` values a job of a run started by an event sees in its environment.
+GITHUB_ENV = {
+    "event_name": "GITHUB_EVENT_NAME",
+    "ref": "GITHUB_REF",
+    "ref_name": "GITHUB_REF_NAME",
+    "sha": "GITHUB_SHA",
+    "repository": "GITHUB_REPOSITORY",
+    "head_ref": "GITHUB_HEAD_REF",
+    "base_ref": "GITHUB_BASE_REF",
+}
+
+
+def github_env(ctx: Mapping[str, Any]) -> dict[str, str]:
+    """`GITHUB_REF`, `GITHUB_SHA`, `GITHUB_EVENT_NAME`... as GitHub names them, for each
+    value the triggering event gives (a run started by hand has none)."""
+    github = ctx.get("github") or {}
+    return {
+        name: github[key] for key, name in GITHUB_ENV.items() if isinstance(github.get(key), str)
     }
 
 

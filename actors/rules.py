@@ -229,6 +229,13 @@ def base_context(spec: WorkflowSpec, run: Run) -> dict[str, Any]:
     }
 
 
+def event_payload(run: Run) -> Any:
+    """The payload of the event that started the run (`github.event`), or None: what a
+    job reads from the file `GITHUB_EVENT_PATH` names."""
+    github = run.event.get("github") if isinstance(run.event, dict) else None
+    return github.get("event") if isinstance(github, dict) else None
+
+
 # --- events -------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from .actor import Reply
+from .automation import Automation
 from .clock import now_ms
 from .errors import Conflict, LeaseNotActive, LimitExceeded, NotFound
 from .groups import ConcurrencyGroups, Join, Leave, RunKey
@@ -58,10 +59,12 @@ from .models import (
     Lease,
     LogChunk,
     LogChunkIn,
+    NotificationStatus,
     QueuedJob,
     Run,
     RunAccepted,
     RunStatus,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -101,7 +104,14 @@ from .store import (
     spec_hash,
 )
 from .timers import Timers
+from .trigger_store import (
+    EmbeddedTriggerStore,
+    MemoryTriggerStore,
+    RunMark,
+    SqliteTriggerStore,
+)
 from .waiting import WATCH_INTERVAL_SECS, Coverage, WaitingWatch
+from .webhooks import Delivery
 from .workers import (
     Heartbeat,
     JobHeld,
@@ -175,6 +185,8 @@ class System:
     workflows: dict[str, WorkflowActor] = field(default_factory=dict)
     groups: ConcurrencyGroups | None = None
     history: MemoryHistory | None = None  # with no store
+    trigger_store: EmbeddedTriggerStore = field(default_factory=MemoryTriggerStore)
+    automation: Automation | None = None  # schedules, webhook deliveries, notifications
     metrics: Metrics = field(default_factory=Metrics)
     secrets: SecretStore = field(default_factory=SecretStore)
     _run_seq: int = 1
@@ -234,6 +246,21 @@ class System:
     def run_ended(self, state: RunState, actor: WorkflowActor) -> None:
         if state.group is not None and self.groups is not None:
             self.groups.tell(Leave(state.group, (state.workflow_id, state.number)))
+        if self.automation is not None:
+            self.notify_run_end(state, actor)
+
+    def notify_run_end(self, state: RunState, actor: WorkflowActor) -> None:
+        """The notifications the run owes: committed with its end, then sent."""
+        assert self.automation is not None
+        spec = next(
+            (live.plan.spec for live in actor.live_runs() if live.state.number == state.number),
+            actor.spec,
+        )
+        for notification in self.automation.due_notifications(state, spec):
+            for record in self.trigger_store.records(notification):
+                actor.record(record)
+            self.trigger_store.committed(notification)
+            self.automation.notifier.enqueue(notification)
 
     def run_left_memory(self, workflow_id: str, number: int) -> None:
         if self.history is None:  # the store keeps its logs; memory need not
@@ -341,6 +368,8 @@ class Runtime:
             with trio.CancelScope(shield=True):
                 await self._system.journal.commit([put_workflow(spec.id, seq, spec_to_json(spec))])
         self.add_workflow(spec)
+        if self._system.automation is not None:
+            await self._system.automation.clock.add(spec)
         return spec.as_workflow()
 
     async def list_workflows(
@@ -385,14 +414,21 @@ class Runtime:
         *,
         trigger: str = "manual",
         event: dict[str, Any] | None = None,
+        mark: RunMark | None = None,
     ) -> RunAccepted:
         """Start a run, or queue it behind its concurrency group. Conflict when the
-        workflow is its own group and a run is active; Invalid for bad inputs."""
+        workflow is its own group and a run is active; Invalid for bad inputs.
+        `mark` (what started the run: a schedule's due time, a webhook delivery)
+        is stored in the run's own commit."""
         actor = self._workflow(workflow_id)
         self._system.secrets.check_spec(actor.spec)
+        store = self._system.trigger_store
+        records = store.records(mark) if mark is not None else []
         created = await actor.ask(
-            CreateRun(inputs=dict(inputs or {}), trigger=trigger, event=event)
+            CreateRun(inputs=dict(inputs or {}), trigger=trigger, event=event, records=records)
         )
+        if mark is not None:
+            store.committed(mark)
         return await self._join(actor, created)
 
     async def rerun(self, workflow_id: str, number: int, failed_only: bool = False) -> RunAccepted:
@@ -496,6 +532,29 @@ class Runtime:
     def _stored_view(self, stored: StoredRun) -> Run:
         state, spec = self._stored_state(stored)
         return run_view(state, self._system.run_plan(spec, state))
+
+    # --- triggers ---
+
+    def definitions(self) -> list[WorkflowSpec]:
+        """Every workflow's current definition, in creation order."""
+        return [actor.spec for actor in self._workflows.values()]
+
+    def _automation(self) -> Automation:
+        assert self._system.automation is not None, "open the runtime with open_runtime"
+        return self._system.automation
+
+    async def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's schedules with their next and last due times."""
+        return self._automation().clock.view(self._workflow(workflow_id).spec)
+
+    async def deliver(self, delivery_id: str, delivery: Delivery) -> list[RunAccepted]:
+        """Start every run a webhook delivery matches; a delivery id seen before starts none."""
+        return await self._automation().intake.deliver(delivery_id, delivery)
+
+    async def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went (none before it ended)."""
+        self._workflow(workflow_id)
+        return await self._automation().run_notifications(workflow_id, number)
 
     async def is_cancelled(self, workflow_id: str, job_id: str, number: int | None = None) -> bool:
         return await self._workflow(workflow_id).ask(IsCancelled(job_id, number))
@@ -870,6 +929,7 @@ async def open_runtime(
     limits: Limits | None = None,
     data_dir: str | Path | None = None,
     retain_runs: int = DEFAULT_RETAIN_RUNS,
+    webhook_secret: str | None = None,
     warn=None,
     secrets: SecretStore | None = None,
     metrics: Metrics | None = None,
@@ -882,6 +942,8 @@ async def open_runtime(
     With `data_dir` (not ":memory:"), every change is committed to SQLite there
     before it is acknowledged, and a restart recovers it. Raises `StoreError`
     when the store cannot be opened or read. Every actor stops on exit.
+    Schedules fire while it is open; notifications are signed with
+    `webhook_secret` when it is given.
 
     `secrets` are what definitions may read as `${{ secrets.NAME }}`; `metrics`
     (default: a fresh registry) is what `/metrics` serves.
@@ -934,6 +996,7 @@ async def open_runtime(
                 history=MemoryHistory() if store is None else None,
                 metrics=metrics or Metrics(),
                 secrets=secrets,
+                trigger_store=SqliteTriggerStore(journal) if journal else MemoryTriggerStore(),
             )
             system.groups = ConcurrencyGroups(system.admit, system.cancel_run)
             system.logs.journal = system.workers.journal = journal
@@ -949,6 +1012,10 @@ async def open_runtime(
             ):
                 if actor is not None:
                     nursery.start_soon(actor.run)
+            system.automation = Automation(
+                runtime, system.trigger_store, system.metrics, webhook_secret
+            )
+            await system.automation.start(nursery, runtime.definitions())
             nursery.start_soon(runtime.watch_waiting)
             runtime._started = True
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +51,27 @@ CREATE TABLE IF NOT EXISTS workers (worker_id TEXT PRIMARY KEY, record TEXT NOT 
 CREATE TABLE IF NOT EXISTS flags (
     workflow_id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (workflow_id, name)
 );
+CREATE TABLE IF NOT EXISTS run_events (
+    workflow_id TEXT NOT NULL, number INTEGER NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, number)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    workflow_id TEXT NOT NULL, cron TEXT NOT NULL, timezone TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL, last_ms INTEGER, skipped INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, cron, timezone)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT NOT NULL, workflow_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (delivery_id, workflow_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (at_ms);
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL, number INTEGER NOT NULL,
+    state TEXT NOT NULL, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (workflow_id, number);
+CREATE INDEX IF NOT EXISTS notifications_pending ON notifications (state)
+    WHERE state = 'pending';
 """
 
 Record = tuple[str, tuple[Any, ...]]
@@ -86,9 +107,20 @@ def put_definition(digest: str, spec_json: str) -> Record:
 
 
 def put_run(seq: int, digest: str, run_row: dict[str, Any]) -> Record:
+    """The run's row, without its event: that is stored once (`put_run_event`), not
+    again with every change of the run."""
+    row = {k: v for k, v in run_row.items() if k != "event"}
     return (
         "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-        (run_row["workflow_id"], run_row["number"], seq, run_row["status"], digest, _json(run_row)),
+        (row["workflow_id"], row["number"], seq, row["status"], digest, _json(row)),
+    )
+
+
+def put_run_event(workflow_id: str, number: int, event: dict[str, Any]) -> Record:
+    """The payload of the event that started a run (a webhook's can be large)."""
+    return (
+        "INSERT OR REPLACE INTO run_events VALUES (?, ?, ?)",
+        (workflow_id, number, _json(event)),
     )
 
 
@@ -138,6 +170,18 @@ def prune_runs(workflow_id: str, below: int) -> list[Record]:
         (
             f"DELETE FROM logs WHERE workflow_id = ?1 AND number IN (SELECT number FROM runs "
             f"WHERE workflow_id = ?1 AND number < ?2 AND {finished})",
+            (workflow_id, below),
+        ),
+        (
+            f"DELETE FROM run_events WHERE workflow_id = ?1 AND number IN (SELECT number FROM "
+            f"runs WHERE workflow_id = ?1 AND number < ?2 AND {finished})",
+            (workflow_id, below),
+        ),
+        (
+            # A notification still being retried outlives its run's record.
+            f"DELETE FROM notifications WHERE workflow_id = ?1 AND state != 'pending' AND "
+            f"number IN (SELECT number FROM runs WHERE workflow_id = ?1 AND number < ?2 "
+            f"AND {finished})",
             (workflow_id, below),
         ),
         (
@@ -223,6 +267,8 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if version == 2:
+                _migrate_v2(db)
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -298,6 +344,12 @@ def read_run(db: sqlite3.Connection, workflow_id: str, number: int) -> StoredRun
     if row is None:
         return None
     seq, digest, spec_json, record = row
+    run_row = json.loads(record)
+    event = db.execute(
+        "SELECT event FROM run_events WHERE workflow_id = ? AND number = ?", (workflow_id, number)
+    ).fetchone()
+    if event is not None:
+        run_row["event"] = json.loads(event[0])
     jobs = {
         job_id: json.loads(state)
         for job_id, state in db.execute(
@@ -305,7 +357,7 @@ def read_run(db: sqlite3.Connection, workflow_id: str, number: int) -> StoredRun
             (workflow_id, number),
         )
     }
-    return StoredRun(seq, digest, spec_json, json.loads(record), jobs)
+    return StoredRun(seq, digest, spec_json, run_row, jobs)
 
 
 def read_runs(db: sqlite3.Connection, workflow_id: str, limit: int, offset: int) -> list[StoredRun]:
@@ -335,6 +387,22 @@ def read_log(db: sqlite3.Connection, workflow_id: str, number: int, job_id: str)
             (workflow_id, number, job_id),
         )
     ]
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """Schema 2 kept a run's event in its record; it moves to `run_events`, which
+    `put_run` leaves alone."""
+    for workflow_id, number, record in db.execute(
+        "SELECT workflow_id, number, record FROM runs"
+    ).fetchall():
+        row = json.loads(record)
+        event = row.pop("event", None)
+        if event is not None:
+            db.execute(*put_run_event(workflow_id, number, event))
+            db.execute(
+                "UPDATE runs SET record = ? WHERE workflow_id = ? AND number = ?",
+                (_json(row), workflow_id, number),
+            )
 
 
 _V1_TERMINAL = {"success", "failure", "skipped", "cancelled"}

@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-# cronsim rather than croniter: it follows Debian's cron through daylight-saving
-# changes (a repeated local time fires once, a skipped one at the next valid minute).
+# cronsim rather than croniter: maintained, small, exact about ranges, steps, names and
+# impossible dates ("0 0 30 2 *" is refused, not a loop), and it iterates both ways.
 from cronsim import CronSim, CronSimError
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "filter_matches",
     "next_fire",
     "pattern_problem",
+    "previous_fire",
     "pull_request_matches",
     "push_matches",
     "timezone_problem",
@@ -348,10 +349,66 @@ def timezone_problem(name: str) -> str | None:
     return None
 
 
+# Longer than any daylight-saving shift: near one, a search starts this far back (or on).
+_SHIFT_MARGIN = timedelta(hours=3)
+_MINUTE = timedelta(minutes=1)
+
+
 def next_fire(schedule: Schedule, after: datetime) -> datetime:
     """The first instant after `after` (time-zone aware) at which `schedule` fires,
     in the schedule's zone. A local time repeated by a daylight-saving change fires
-    once; one skipped by it fires at the next valid minute, as cron does."""
+    once (at its first occurrence); one skipped by it fires at the next valid minute
+    (several skipped ones fire once there)."""
     zone = ZoneInfo(schedule.timezone)
-    start = after.astimezone(zone)
-    return next(CronSim(schedule.cron, start))
+    start = after - _SHIFT_MARGIN if _shift_near(zone, after) else after
+    for local in CronSim(schedule.cron, _wall(start, zone)):
+        fire = _instant(local, zone)
+        if fire > after:
+            return fire
+    raise AssertionError("unreachable: cronsim iterates without end")
+
+
+def previous_fire(schedule: Schedule, at: datetime) -> datetime:
+    """The last instant at or before `at` at which `schedule` fires, by the same rules
+    as `next_fire` (so the two agree on every fire time)."""
+    zone = ZoneInfo(schedule.timezone)
+    # cronsim's reverse search excludes its start: a millisecond on includes `at`.
+    start = at + timedelta(milliseconds=1)
+    if _shift_near(zone, at):
+        start += _SHIFT_MARGIN
+    for local in CronSim(schedule.cron, _wall(start, zone), reverse=True):
+        fire = _instant(local, zone)
+        if fire <= at:
+            return fire
+    raise AssertionError("unreachable: cronsim iterates without end")
+
+
+# cronsim reads the cron line against local wall-clock times (naive datetimes here);
+# what a daylight-saving change does to them is decided below, the same way for every
+# line. (cronsim's own handling, Debian cron's, differs between fixed-time lines and
+# lines with a wildcard or step hour, which would fire a repeated 02:30 twice.)
+
+
+def _wall(moment: datetime, zone: ZoneInfo) -> datetime:
+    return moment.astimezone(zone).replace(tzinfo=None)
+
+
+def _exists(moment: datetime, zone: ZoneInfo) -> bool:
+    return _wall(moment.astimezone(UTC), zone) == moment.replace(tzinfo=None)
+
+
+def _instant(local: datetime, zone: ZoneInfo) -> datetime:
+    """The instant a local fire time means: the first occurrence of a repeated time; for
+    one that does not exist, the first valid minute after it. Never earlier than a
+    local time before it means, so fire times stay in order."""
+    moment = local.replace(tzinfo=zone, fold=0)
+    while not _exists(moment, zone):
+        local += _MINUTE
+        moment = local.replace(tzinfo=zone, fold=0)
+    return moment
+
+
+def _shift_near(zone: ZoneInfo, moment: datetime) -> bool:
+    """Whether the zone's offset changes within `_SHIFT_MARGIN` of `moment`."""
+    before = (moment - _SHIFT_MARGIN).astimezone(zone).utcoffset()
+    return before != (moment + _SHIFT_MARGIN).astimezone(zone).utcoffset()

@@ -33,17 +33,27 @@ from .models import (
     RunStatus,
     Workflow,
 )
-from .rules import Effects, JobRun, RunPlan, Transition, rerun_jobs, upstream_outputs
+from .rules import (
+    Effects,
+    JobRun,
+    RunPlan,
+    Transition,
+    event_payload,
+    rerun_jobs,
+    upstream_outputs,
+)
 from .rules import Run as RunState
 from .scheduler import Enqueue, Entry, Withdraw
 from .spec import WorkflowSpec, validate_inputs
 from .store import (
+    Record,
     copy_logs,
     drop_lease,
     put_definition,
     put_job,
     put_lease,
     put_run,
+    put_run_event,
     set_flag,
 )
 from .waiting import Coverage, waiting_mark
@@ -80,6 +90,8 @@ class CreateRun:
     failed_only: bool = False
     carried_logs: dict[str, list[LogChunk]] = field(default_factory=dict)
     event: dict[str, Any] | None = None
+    # Stored in the run's own commit: what started it (a schedule's due time, a delivery).
+    records: list[Record] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -350,6 +362,10 @@ class WorkflowActor(Actor):
         previous_latest = self._latest
         self._latest = number
         self.record(put_definition(digest, spec_json))
+        if state.event is not None:
+            self.record(put_run_event(spec.id, number, state.event))
+        for record in m.records:
+            self.record(record)
         if self._cancelled_unrun:
             self._cancelled_unrun = False
             self.record(set_flag(self.spec.id, CANCELLED_UNRUN, False))
@@ -650,6 +666,7 @@ def queued_job(state: RunState, run_plan: RunPlan, job_id: str) -> QueuedJob:
         run_id=state.number,
         timeout_secs=rendered.timeout_secs,
         env=dict(rendered.env) if rendered.env else {},
+        event=event_payload(state),
     )
 
 

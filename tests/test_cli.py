@@ -554,3 +554,20 @@ def test_json_flag_output_is_valid_json_for_every_read(server: ServerProcess) ->
         result = wfg(*args, "--json", server=server.url)
         assert result.returncode == 0, result.stderr
         json.loads(result.stdout)
+
+
+def test_status_shows_when_a_schedule_fires_next(server: ServerProcess, client: Client) -> None:
+    definition = (
+        "name: Nightly\non:\n  schedule:\n    - cron: '0 3 * * *'\n      timezone: Europe/Berlin\n"
+        "jobs: {build: {run: make}}\n"
+    )
+    created = client.create_workflow(WorkflowCreate(definition=definition))
+    [schedule] = client.schedules(created.id)
+    result = wfg("status", created.id, server=server.url)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("schedule '0 3 * * *' (Europe/Berlin): next ")
+    assert " 03:00 CE" in last and "(in " in last  # CET or CEST, in the schedule's zone
+    assert schedule.next_at_ms > time.time() * 1000
+    plain = wfg("status", "good", server=server.url)
+    assert "schedule" not in plain.stdout

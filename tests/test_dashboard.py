@@ -988,3 +988,27 @@ def test_queued_runs_show_as_queued_and_can_be_cancelled(dashboard, browser):
     finally:
         cancel_all(dashboard, holder, waiter)
     no_console_errors(browser)
+
+
+@pytest.mark.browser
+def test_a_scheduled_workflow_shows_its_next_run_and_a_run_its_notifications(dashboard, browser):
+    definition = (
+        "name: Nightly\non:\n  schedule:\n    - {cron: '0 3 * * *', timezone: Europe/Berlin}\n"
+        "notify:\n  - {url: 'http://127.0.0.1:9/hook', on: [success]}\n"
+        "jobs:\n  build: {run: echo built}\n"
+    )
+    wf_id = api_post(dashboard, "/api/workflows", {"definition": definition})["id"]
+    [schedule] = _get(dashboard, f"/api/workflows/{wf_id}/schedules")
+    open_workflow(browser, dashboard, wf_id)
+    wait(browser).until(lambda d: d.find_element("css selector", ".next-run").is_displayed())
+    next_run = browser.find_element("css selector", ".next-run")
+    assert next_run.text.startswith("next scheduled run in ")
+    assert next_run.text.endswith("(0 3 * * *, Europe/Berlin)")
+    when = next_run.find_element("css selector", "time").get_attribute("datetime")
+    assert when.startswith(time.strftime("%Y-%m-%dT", time.gmtime(schedule["next_at_ms"] / 1000)))
+    api_post(dashboard, f"/api/workflows/{wf_id}/run")
+    # Port 9 refuses: the notification is retried, and the run bar says so.
+    wait(browser).until(lambda d: "notified 127.0.0.1:9: retrying" in run_bar(d))
+    assert "ConnectError" in run_bar(browser)
+    screenshot(browser, "scheduled-workflow.png")
+    no_console_errors(browser)

@@ -48,7 +48,9 @@ from actors.models import (
     RerunRequest,
     Run,
     RunAccepted,
+    RunDetail,
     RunRequest,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -116,6 +118,7 @@ CancelledAnswer = RootModel[bool]
 WorkflowList = RootModel[list[Workflow]]
 RunList = RootModel[list[Run]]
 WorkerList = RootModel[list[WorkerInfo]]
+ScheduleList = RootModel[list[ScheduleInfo]]
 LogChunkList = RootModel[list[LogChunk]]
 
 
@@ -276,6 +279,8 @@ def create_app(
     worker_token: str | None = None,
     max_sse_streams: int = DEFAULT_MAX_SSE_STREAMS,
     sse_max_secs: float = DEFAULT_SSE_MAX_SECS,
+    github_webhook_secret: str | None = None,
+    webhook_secret: str | None = None,
     metrics_public: bool = False,
 ) -> QuartTrio:
     """The QuartTrio app serving the REST API over `runtime`.
@@ -286,7 +291,8 @@ def create_app(
     Tokens left None leave their routes open (see `web.auth`); `/metrics` needs
     the API token unless `metrics_public`. At most `max_sse_streams` log
     streams are open at once (429 past it), and each ends after
-    `sse_max_secs`; an EventSource client reconnects.
+    `sse_max_secs`; an EventSource client reconnects. The webhook
+    routes answer only with their secret set (see `web.webhooks`).
     """
     app = QuartTrio("workflow_graph")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -425,11 +431,22 @@ def create_app(
         return _json(await runtime.list_runs(workflow_id, q.limit, q.offset))
 
     @app.get("/api/workflows/<workflow_id>/runs/<number>")
-    @document_response(Run, 200)
+    @document_response(RunDetail, 200)
     @_errors(400, 401, 404)
     async def get_run(workflow_id: str, number: str):
-        """One run with its jobs; 404 for a run that never existed or was pruned."""
-        return _json(await runtime.get_run(workflow_id, _run_number(number)))
+        """One run with its jobs, and (extension) how each notification of its end went;
+        404 for a run that never existed or was pruned."""
+        run_number = _run_number(number)
+        run = await runtime.get_run(workflow_id, run_number)
+        notifications = await runtime.run_notifications(workflow_id, run_number)
+        return _json(RunDetail.model_construct(**dict(run), notifications=notifications))
+
+    @app.get("/api/workflows/<workflow_id>/schedules")
+    @document_response(ScheduleList, 200)
+    @_errors(401, 404)
+    async def schedules(workflow_id: str):
+        """The workflow's `on.schedule` entries with their next and last due times."""
+        return _json(await runtime.schedules(workflow_id))
 
     @app.post("/api/workflows/<workflow_id>/runs/<number>/rerun")
     @document_request(RerunRequest)
@@ -581,8 +598,12 @@ def create_app(
         )
 
     from .dashboard import register_dashboard
+    from .webhooks import webhook_routes
 
     register_dashboard(app, runtime)
+    app.register_blueprint(
+        webhook_routes(runtime, github_secret=github_webhook_secret, webhook_secret=webhook_secret)
+    )
     simple_cors = SimpleCors(cors_origins)
     fast_path = ProtocolFastPath(
         DrainUnreadBodies(app.asgi_app),

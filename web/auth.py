@@ -15,6 +15,8 @@ Which token a route needs is decided by its URL rule:
   send it on worker calls in that case too);
 - every other `/api/...` route, matched or not, needs the API token;
 - `/metrics` needs the API token too, unless `METRICS_PUBLIC=1` opens it;
+- the webhook routes (`POST /api/webhooks/github`, `POST .../dispatch`) need
+  no token: they check a signature of their body instead (`web.webhooks`);
 - the rest (`/openapi.json`, `/docs`, `/healthz`, `/readyz`, the dashboard's
   pages and static files) is public, and so is every `OPTIONS` request, so
   CORS preflights work.
@@ -35,6 +37,9 @@ WORKER_RULES = frozenset(
         "/api/workers/<worker_id>/heartbeat",
     }
 )
+# Routes that prove themselves with a signature of their body instead (GitHub's webhook
+# cannot send a bearer token): see `web.webhooks`.
+SIGNED_RULES = frozenset({"/api/webhooks/github", "/api/workflows/<workflow_id>/dispatch"})
 WORKER_PREFIX = "/api/jobs/"
 API_PREFIX = "/api/"
 METRICS_PATH = "/metrics"
@@ -47,8 +52,10 @@ def _secret(token: str | None) -> bytes | None:
 
 
 def route_scope(rule: str | None, path: str) -> str:
-    """`worker`, `api`, `metrics` or `public`: which token the route (or unmatched
-    path) needs."""
+    """`worker`, `api`, `metrics`, `signed` or `public`: which token the route (or
+    unmatched path) needs; `signed` and `public` need none."""
+    if rule in SIGNED_RULES:
+        return "signed"
     where = rule if rule is not None else path
     if where == METRICS_PATH:
         return "metrics"

@@ -114,6 +114,9 @@ class ServerSettings:
     # Tokens stay out of repr, so they never reach a log line.
     api_token: str | None = field(default=None, repr=False)
     worker_token: str | None = field(default=None, repr=False)
+    # Secrets of the webhook routes and of notification signatures; also out of repr.
+    github_webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
     max_workflows: int = Limits.max_workflows
     max_jobs_per_workflow: int = Limits.max_jobs_per_workflow
     max_labels: int = Limits.max_labels
@@ -153,6 +156,8 @@ class ServerSettings:
             local_workers=_number(env, "LOCAL_WORKERS", 0),
             api_token=env.get("API_TOKEN", "").strip() or None,
             worker_token=env.get("WORKER_TOKEN", "").strip() or None,
+            github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", "").strip() or None,
+            webhook_secret=env.get("WEBHOOK_SECRET", "").strip() or None,
             max_workflows=_number(env, "MAX_WORKFLOWS", Limits.max_workflows, int, 1),
             max_jobs_per_workflow=_number(
                 env, "MAX_JOBS_PER_WORKFLOW", Limits.max_jobs_per_workflow, int, 1
@@ -324,6 +329,7 @@ async def _main(settings: ServerSettings) -> None:
         data_dir=settings.data_dir,
         retain_runs=settings.retain_runs,
         limits=settings.limits(),
+        webhook_secret=settings.webhook_secret,
         warn=warn,
         secrets=secrets,
         database_url=settings.database_url,
@@ -339,6 +345,8 @@ async def _main(settings: ServerSettings) -> None:
             worker_token=settings.worker_token,
             max_sse_streams=settings.max_sse_streams,
             sse_max_secs=settings.sse_max_secs,
+            github_webhook_secret=settings.github_webhook_secret,
+            webhook_secret=settings.webhook_secret,
             metrics_public=settings.metrics_public,
         )
         url = _url(sock)
@@ -358,6 +366,12 @@ async def _main(settings: ServerSettings) -> None:
             else:
                 say(f"workflow-graph: state is kept in {Path(settings.data_dir) / 'state.db'}")
         say(f"workflow-graph: answers to Host {HostPolicy(host_names).describe()}")
+        for secret, route in (
+            (settings.github_webhook_secret, "POST /api/webhooks/github (GITHUB_WEBHOOK_SECRET)"),
+            (settings.webhook_secret, "POST /api/workflows/{id}/dispatch (WEBHOOK_SECRET)"),
+        ):
+            if secret:
+                say(f"workflow-graph: webhook route on: {route}")
         if "*" in settings.cors_origins and not settings.api_token:
             say("workflow-graph: CORS_ORIGINS=* without API_TOKEN: any web page can run jobs here")
         say(f"workflow-graph listening on {url}")

@@ -26,11 +26,14 @@ from actors.models import (
     LogChunk,
     LogChunkIn,
     LogsRequest,
+    NotificationStatus,
     RegisterRequest,
     RerunRequest,
     Run,
     RunAccepted,
+    RunDetail,
     RunRequest,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
@@ -204,6 +207,18 @@ def list_runs(workflow_id: str, limit: int | None, offset: int | None) -> Call[l
 
 def get_run(workflow_id: str, number: int) -> Call[Run]:
     return Call("GET", run_path(workflow_id, number), reader(Run))
+
+
+def run_notifications(workflow_id: str, number: int) -> Call[list[NotificationStatus]]:
+    read_detail: Callable[[httpx.Response], RunDetail] = reader(RunDetail)
+    return Call(
+        "GET", run_path(workflow_id, number), lambda response: read_detail(response).notifications
+    )
+
+
+def schedules(workflow_id: str) -> Call[list[ScheduleInfo]]:
+    path = f"/api/workflows/{segment(workflow_id)}/schedules"
+    return Call("GET", path, reader(list[ScheduleInfo]))
 
 
 def rerun(workflow_id: str, number: int, failed_only: bool) -> Call[RunAccepted]:

@@ -14,7 +14,9 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import TypeAdapter
 from rich.console import Console, Group, RenderableType
@@ -31,6 +33,7 @@ from actors.models import (
     Run,
     RunAccepted,
     RunStatus,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
 )
@@ -336,6 +339,22 @@ def workers_rows(workers: Iterable[WorkerInfo]) -> Rows:
             ago(w.last_heartbeat_ms, now),
         )
     return table
+
+
+def schedule_lines(schedules: Iterable[ScheduleInfo], now: int | None = None) -> list[str]:
+    """`schedule '0 3 * * 1-5' (Europe/Berlin): next 2024-01-02 03:00 CET (in 14h32m)`,
+    each time in the schedule's own zone."""
+    lines = []
+    for schedule in schedules:
+        zone = ZoneInfo(schedule.timezone)
+        when = datetime.fromtimestamp(schedule.next_at_ms / 1000, zone)
+        wait = format_duration((schedule.next_at_ms - (now or now_ms())) / 1000)
+        line = f"schedule '{schedule.cron}' ({schedule.timezone}): next "
+        line += f"{when:%Y-%m-%d %H:%M %Z} (in {wait})"
+        if schedule.skipped:
+            line += f"; {schedule.skipped} due time(s) skipped (workflow busy)"
+        lines.append(line)
+    return lines
 
 
 def status_title(workflow: Workflow, run: Run | None) -> str:

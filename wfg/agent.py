@@ -9,7 +9,8 @@ What a job's command sees:
   `WFG_UPSTREAM_OUTPUTS` (a JSON file: the outputs of its direct dependencies,
   keyed by job id) and `WFG_OUTPUT` (a file to append `key=value` lines to, or
   `key<<DELIM` ... `DELIM` for a multi-line value), also as `GITHUB_OUTPUT` so
-  steps copied from GitHub Actions work unchanged;
+  steps copied from GitHub Actions work unchanged, and `GITHUB_EVENT_PATH` (a
+  JSON file: the payload of the event that started the run, `{}` for none);
 - its own session and process group, so the worker's signals never reach it and
   the whole group can be stopped at once. A watchdog process stops the group if
   the worker dies without doing so (SIGKILL, a crash);
@@ -237,7 +238,9 @@ def parse_output_file(text: str) -> dict[str, str]:
     return outputs
 
 
-def _job_env(job: QueuedJob, upstream_file: Path, output_file: Path) -> dict[str, str]:
+def _job_env(
+    job: QueuedJob, upstream_file: Path, output_file: Path, event_file: Path
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     env.update(job.env)
     env.update(
@@ -247,6 +250,7 @@ def _job_env(job: QueuedJob, upstream_file: Path, output_file: Path) -> dict[str
         WFG_UPSTREAM_OUTPUTS=str(upstream_file),
         WFG_OUTPUT=str(output_file),
         GITHUB_OUTPUT=str(output_file),
+        GITHUB_EVENT_PATH=str(event_file),
     )
     return env
 
@@ -325,6 +329,8 @@ async def run_shell_job(job: QueuedJob, ctx: JobContext) -> None:
         upstream_file.write_text(json.dumps(job.upstream_outputs))
         output_file = Path(tmp) / "output"
         output_file.touch()
+        event_file = Path(tmp) / "event.json"
+        event_file.write_text(json.dumps(job.event or {}))
         tail = _Tail()
         set_outputs = _SetOutputLines()
 
@@ -345,7 +351,7 @@ async def run_shell_job(job: QueuedJob, ctx: JobContext) -> None:
                         stdin=subprocess.DEVNULL,
                         stdout=out_write,
                         stderr=err_write,
-                        env=_job_env(job, upstream_file, output_file),
+                        env=_job_env(job, upstream_file, output_file, event_file),
                         # Its own session from the first instruction: no signal of ours
                         # reaches it, and killpg reaches everything it starts.
                         start_new_session=True,

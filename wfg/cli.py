@@ -182,7 +182,8 @@ def list_command(
 def status_command(state: _State, workflow_id: str, number: int | None, as_json: bool) -> None:
     """Show a run's jobs: the latest run, or run N.
 
-    The header names the run, its status, what started it and its inputs.
+    The header names the run, its status, what started it and its inputs; a
+    scheduled workflow's next due times follow the table.
     With --json: the workflow's status, or with --run that run.
     """
     client = state.client()
@@ -202,6 +203,9 @@ def status_command(state: _State, workflow_id: str, number: int | None, as_json:
     out = render.make_output()
     rows = render.jobs_rows(run.jobs if run else workflow.jobs, ran=run is not None)
     render.print_rows(out, rows, title=render.status_title(workflow, run))
+    if "schedule" in workflow.trigger:
+        for line in render.schedule_lines(client.schedules(workflow_id)):
+            out.console.print(line, markup=False)
 
 
 @cli.command("runs")

@@ -30,7 +30,16 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from actors.models import Claim, LogChunk, Run, RunAccepted, WorkerInfo, Workflow
+from actors.models import (
+    Claim,
+    LogChunk,
+    NotificationStatus,
+    Run,
+    RunAccepted,
+    ScheduleInfo,
+    WorkerInfo,
+    Workflow,
+)
 
 from . import _calls as calls
 from ._calls import ChunkSource, WorkflowSource
@@ -245,6 +254,14 @@ class Client(_Base):
         """One run with its jobs; 404 for a run that never existed or was pruned."""
         return self._send(calls.get_run(workflow_id, number))
 
+    def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went (the run's `notifications`)."""
+        return self._send(calls.run_notifications(workflow_id, number))
+
+    def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's `on.schedule` entries with their next and last due times."""
+        return self._send(calls.schedules(workflow_id))
+
     def rerun(self, workflow_id: str, number: int, *, failed_only: bool = False) -> RunAccepted:
         """Run a finished run again with its inputs, as a new run.
 
@@ -443,6 +460,14 @@ class AsyncClient(_Base):
     async def get_run(self, workflow_id: str, number: int) -> Run:
         """One run with its jobs; 404 for a run that never existed or was pruned."""
         return await self._send(calls.get_run(workflow_id, number))
+
+    async def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went; see `Client.run_notifications`."""
+        return await self._send(calls.run_notifications(workflow_id, number))
+
+    async def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's schedules; see `Client.schedules`."""
+        return await self._send(calls.schedules(workflow_id))
 
     async def rerun(
         self, workflow_id: str, number: int, *, failed_only: bool = False

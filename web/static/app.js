@@ -377,6 +377,19 @@
 
   // --- starting, cancelling and re-running runs -------------------------------
 
+  /** How the notification of a run's end to one URL went, for the run's meta line. */
+  function notificationText(note) {
+    const attempts = `${note.attempts} attempt${note.attempts === 1 ? "" : "s"}`;
+    let state = `${note.state} after ${attempts}`;
+    if (note.state === "pending") {
+      state = note.attempts ? `retrying (${attempts}; ${note.last_error || "failed"})` : "sending";
+    } else if (note.state === "failed") {
+      state = `given up after ${attempts} (${note.last_error || "failed"})`;
+    }
+    return h("span", { class: `notification notification-${note.state}`, title: note.url },
+      "notified ", h("code", { text: new URL(note.url).host }), `: ${state}`);
+  }
+
   function runStartedMessage(name, accepted) {
     return accepted.status === "queued"
       ? `Run #${accepted.number} of ${name} queued: ${QUEUED_RUN_HINT}`
@@ -1228,6 +1241,7 @@
       this.workflow = null;
       this.layout = null;
       this.record = null; // the shown run, as GET .../runs/{number} answered
+      this.recordAt = 0; // when it was asked for (ms)
       this.recordKey = "";
       this.recordError = "";
       this.shown = undefined; // the number of the run drawn; null before the first run
@@ -1241,6 +1255,9 @@
     mount(main) {
       this.title = h("h1", { text: this.workflowId });
       this.trigger = h("span", { class: "trigger" });
+      this.nextRun = h("span", { class: "next-run muted", hidden: true });
+      this.nextRunWhen = null;
+      this.schedulesAt = 0; // when the schedules were last asked for (ms)
       this.chips = h("div", { class: "chips" });
       this.summary = "";
       this.runButton = actionButton("Run workflow", { class: "btn primary", "aria-label": `Run workflow ${this.workflowId}` },
@@ -1287,7 +1304,7 @@
       this.runBar.hidden = true;
       this.ident = h("p", { class: "wf-ident" },
         h("span", { class: "wf-id" }, h("span", { class: "muted", text: "id " }), h("code", { text: this.workflowId })),
-        this.trigger);
+        this.trigger, this.nextRun);
       main.replaceChildren(
         h("section", { class: "card" },
           h("div", { class: "section-head wf-head" },
@@ -1418,6 +1435,8 @@
       if (this.stopped) return false;
       this.workflow = workflow;
       this.applyHeader(workflow);
+      await this.refreshSchedules(workflow).catch((err) => console.warn(err));
+      if (this.stopped) return false;
       const latest = workflow.run || null;
       const target = this.runNumber ?? (latest ? latest.number : null);
       const isLatest = !!latest && target === latest.number;
@@ -1428,13 +1447,18 @@
         // fetched when its status changes. Another run is fetched while it is going.
         const key = isLatest ? `${latest.number}:${latest.status}` : "";
         const record = this.record && this.record.number === target ? this.record : null;
-        const stale = !record || (isLatest ? this.recordKey !== key : RUN_ACTIVE.has(record.status));
+        // A notification still being sent is asked after every few seconds.
+        const sending = !!record && (record.notifications || []).some((n) => n.state === "pending")
+          && Date.now() - this.recordAt > 5000;
+        const stale = !record || sending
+          || (isLatest ? this.recordKey !== key : RUN_ACTIVE.has(record.status));
         // A run the server said does not exist is not asked for again, unless it is
         // the latest now (a link to a run opened before it started).
         const missing = this.recordErrorFor === target && !isLatest;
         if (stale && !missing) {
           try {
             this.record = await api(`/api/workflows/${enc(this.workflowId)}/runs/${enc(target)}`);
+            this.recordAt = Date.now();
             this.recordKey = key;
             this.recordError = "";
             this.recordErrorFor = null;
@@ -1464,6 +1488,23 @@
       setText(this.trigger, workflow.trigger || "");
       this.trigger.hidden = !workflow.trigger;
       this.runButton.setAttribute("aria-label", `Run workflow ${workflow.name}`);
+    }
+
+    /** "next scheduled run in 5 minutes", for a workflow with `on.schedule` (asked for
+     * at most every 30 s, and once the shown time has passed). */
+    async refreshSchedules(workflow) {
+      if (!/\bschedule\b/.test(workflow.trigger || "")) return;
+      const due = this.nextRunAt && this.nextRunAt <= Date.now();
+      if (!due && Date.now() - this.schedulesAt < 30000) return;
+      this.schedulesAt = Date.now();
+      const schedules = await api(`/api/workflows/${enc(this.workflowId)}/schedules`);
+      if (this.stopped || !schedules.length) return;
+      const next = schedules.reduce((a, b) => (b.next_at_ms < a.next_at_ms ? b : a));
+      this.nextRunAt = next.next_at_ms;
+      this.nextRunWhen = timeElement(next.next_at_ms);
+      this.nextRun.replaceChildren("next scheduled run ", this.nextRunWhen,
+        h("span", { class: "trigger", text: ` (${next.cron}, ${next.timezone})` }));
+      this.nextRun.hidden = false;
     }
 
     /** Draw run `target` (`status`, `jobs`); true when anything changed. */
@@ -1573,6 +1614,7 @@
               h("a", { href: `/workflows/${enc(this.workflowId)}/runs/${record.rerun_of}`, "data-route": true, text: `#${record.rerun_of}` })));
           }
           if (record.reason) meta.push(h("span", { class: "run-reason", text: record.reason }));
+          for (const note of record.notifications || []) meta.push(notificationText(note));
         } else if (this.recordError) meta.push(h("span", { text: this.recordError }));
         this.runMeta.replaceChildren(...meta); // the CSS puts the dots between them
       }
@@ -1595,6 +1637,7 @@
     tickRunBar() {
       const record = this.record && this.record.number === this.shown ? this.record : null;
       if (this.runWhen) this.runWhen.tick();
+      if (this.nextRunWhen) this.nextRunWhen.tick();
       if (this.runDuration && record) {
         const took = runDuration(record);
         let text = "";
