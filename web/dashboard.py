@@ -9,13 +9,15 @@ needs of the definition and the API does not show: the declared run inputs
 (for the run form) and the concurrency group (to explain a queued run).
 
 A definition never changes once created, so a layout is computed once per
-workflow id and kept. Computing one is CPU work in pure Python: it runs in a
-worker thread, one at a time, so neither the event loop nor the machine is
-swamped when many large workflows are opened at once.
+shape of job graph (a matrix's run has its own jobs) and kept. Computing one
+is CPU work in pure Python: it runs in a worker thread, one at a time, so
+neither the event loop nor the machine is swamped when many large workflows
+are opened at once.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
@@ -24,7 +26,7 @@ import trio
 from grandalf.graphs import Edge, Vertex, graph_core
 from grandalf.layouts import SugiyamaLayout
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 from quart_schema import document_response, hide
 from quart_trio import QuartTrio
 
@@ -255,28 +257,35 @@ def compute_layout(workflow_id: str, jobs: Sequence[Job]) -> WorkflowLayout:
 
 
 class LayoutCache:
-    """Layouts by workflow id, computed at most once each, least recently used dropped."""
+    """Layouts by the shape of a job graph (a workflow, or one run of it, whose matrix
+    expanded into its own jobs), computed at most once each, least recently used
+    dropped."""
 
     def __init__(self, runtime: Runtime, capacity: int = MAX_CACHED_LAYOUTS) -> None:
         self._runtime = runtime
         self._capacity = capacity
-        self._bodies: OrderedDict[str, str] = OrderedDict()
-        # One layout at a time: a second request for the same id waits, then hits the cache.
+        self._bodies: OrderedDict[tuple, str] = OrderedDict()
+        # One layout at a time: a second request for the same shape waits, then hits the cache.
         self._computing = trio.Lock()
 
-    async def get_json(self, workflow_id: str) -> str:
-        """The layout as JSON; NotFound for an unknown id."""
-        body = self._cached(workflow_id)
+    async def get_json(self, workflow_id: str, run: int | None = None) -> str:
+        """The layout of the workflow's latest run (or of run `run`) as JSON; NotFound
+        for an unknown workflow or run."""
+        if run is None:
+            jobs = (await self._runtime.get_status(workflow_id)).jobs  # NotFound if unknown
+        else:
+            jobs = (await self._runtime.get_run(workflow_id, run)).jobs
+        key = (workflow_id, tuple((j.id, tuple(j.depends_on)) for j in jobs))
+        body = self._cached(key)
         if body is not None:
             return body
-        workflow = await self._runtime.get_status(workflow_id)  # NotFound for an unknown id
         async with self._computing:
-            body = self._cached(workflow_id)
+            body = self._cached(key)
             if body is None:
-                layout = await trio.to_thread.run_sync(compute_layout, workflow.id, workflow.jobs)
+                layout = await trio.to_thread.run_sync(compute_layout, workflow_id, jobs)
                 self._describe(layout, await self._runtime.get_definition(workflow_id))
                 body = layout.model_dump_json()
-                self._bodies[workflow_id] = body
+                self._bodies[key] = body
                 while len(self._bodies) > self._capacity:
                     self._bodies.popitem(last=False)
         return body
@@ -296,10 +305,10 @@ class LayoutCache:
         ]
         layout.concurrency_group = spec.concurrency.group if spec.concurrency else None
 
-    def _cached(self, workflow_id: str) -> str | None:
-        body = self._bodies.get(workflow_id)
+    def _cached(self, key: tuple) -> str | None:
+        body = self._bodies.get(key)
         if body is not None:
-            self._bodies.move_to_end(workflow_id)
+            self._bodies.move_to_end(key)
         return body
 
 
@@ -347,11 +356,20 @@ def register_dashboard(app: QuartTrio, runtime: Runtime) -> None:
 
     @dashboard.get("/api/workflows/<workflow_id>/layout")
     @document_response(WorkflowLayout, 200)
+    @document_response(ErrorBody, 400)
     @document_response(ErrorBody, 404)
     async def workflow_layout(workflow_id: str):
-        """Extension: node positions and edge polylines of the DAG, layers left to right,
+        """Extension: node positions and edge polylines of the DAG (of the latest run, or
+        of run `?run=N`, whose matrix may have made other jobs), layers left to right,
         with the declared run inputs and concurrency group."""
-        body = await layouts.get_json(workflow_id)
+        raw = request.args.get("run")
+        if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+            return Response(
+                json.dumps({"error": "query parameter 'run' must be a positive integer"}),
+                status=400,
+                content_type="application/json",
+            )
+        body = await layouts.get_json(workflow_id, int(raw) if raw else None)
         return Response(body, content_type="application/json")
 
     app.register_blueprint(dashboard)

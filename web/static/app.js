@@ -344,6 +344,20 @@
 
   const isActive = (wf) => !!wf.run && RUN_ACTIVE.has(wf.run.status);
 
+  /** Why a queued job waits (the `waiting` extension), in a few words; "" if it does not. */
+  function waitingText(waiting) {
+    if (!waiting) return "";
+    if (waiting.reason === "no_worker") {
+      const labels = waiting.labels && waiting.labels.length ? ` with ${waiting.labels.join(", ")}` : "";
+      return `waiting: no worker${labels}`;
+    }
+    if (waiting.reason === "delayed") {
+      return `retry at ${new Date(waiting.until_ms).toLocaleTimeString()}`;
+    }
+    if (waiting.reason === "concurrency") return "waiting for its concurrency group";
+    return `waiting: ${waiting.reason}`;
+  }
+
   function summaryChips(jobs) {
     const c = counts(jobs);
     const chips = STATUSES.filter((st) => c[st]).map((st) => statusChip(st, `${c[st]} ${st}`, `${c[st]} ${st}`));
@@ -1365,6 +1379,14 @@
       this.poller = new Poller(() => this.refresh(), { fast: 1000, slow: 10000 }).start();
     }
 
+    /** Whether the drawn graph has exactly these jobs and edges. */
+    drawnFor(jobs) {
+      if (jobs.length !== this.boxes.size || !jobs.every((j) => this.boxes.has(j.id))) return false;
+      const edges = new Set(this.edges.map((e) => `${e.source}\n${e.target}`));
+      const wanted = jobs.flatMap((j) => j.depends_on.map((d) => `${d}\n${j.id}`));
+      return wanted.length === edges.size && wanted.every((e) => edges.has(e));
+    }
+
     build(layout) {
       this.canvas.style.width = `${layout.width}px`;
       this.canvas.style.height = `${layout.height}px`;
@@ -1413,9 +1435,11 @@
       box.time = h("span", { class: "job-time" });
       box.attempt = h("span", { class: "job-attempt", hidden: true });
       box.labels = h("span", { class: "job-labels" });
+      box.wait = h("span", { class: "job-wait", hidden: true });
       box.el = h("button", { type: "button", class: "job", "data-job-id": node.id, disabled: true },
         h("span", { class: "job-head" }, box.icon, box.name),
-        h("span", { class: "job-meta" }, box.time, box.attempt, box.labels));
+        h("span", { class: "job-meta" }, box.time, box.attempt, box.labels),
+        box.wait);
       Object.assign(box.el.style, {
         left: `${node.x}px`,
         top: `${node.y}px`,
@@ -1479,6 +1503,17 @@
       }
       await this.history.refresh(latest).catch((err) => console.warn(err));
       if (this.stopped) return false;
+      if (jobs && !this.drawnFor(jobs)) {
+        // A matrix expands into other jobs in each run: draw the run's own graph.
+        const query = target === null ? "" : `?run=${enc(target)}`;
+        const layout = await api(`/api/workflows/${enc(this.workflowId)}/layout${query}`);
+        if (this.stopped) return false;
+        this.layout = layout;
+        this.boxes = new Map();
+        this.edges = [];
+        this.build(layout);
+        this.shown = undefined; // every box is new: apply the run in full
+      }
       const changed = this.applyRun(target, status, jobs);
       return changed || RUN_ACTIVE.has(status) || this.history.active;
     }
@@ -1540,7 +1575,7 @@
         statusOf.set(job.id, job.status);
         const box = this.boxes.get(job.id);
         if (!box) continue;
-        const jobKey = JSON.stringify([job.status, job.attempt, job.started_at, job.duration_secs, job.name, job.required_labels]);
+        const jobKey = JSON.stringify([job.status, job.attempt, job.started_at, job.duration_secs, job.name, job.required_labels, job.waiting]);
         box.job = job;
         if (jobKey === box.key) continue;
         box.key = jobKey;
@@ -1562,10 +1597,15 @@
         }
         box.attempt.hidden = !job.attempt;
         setText(box.attempt, job.attempt ? `attempt ${job.attempt + 1}/${job.max_retries + 1}` : "");
+        const waiting = target === null ? "" : waitingText(job.waiting);
+        box.wait.hidden = !waiting;
+        setText(box.wait, waiting);
+        if (waiting) box.el.title += `\n${waiting}`;
         this.updateTime(box);
         const retry = job.attempt ? `, attempt ${job.attempt + 1}` : "";
         const state = target === null ? "not run yet" : job.status;
-        box.el.setAttribute("aria-label", `Job ${job.name}: ${state}${retry}. Show logs`);
+        const why = waiting ? `, ${waiting}` : "";
+        box.el.setAttribute("aria-label", `Job ${job.name}: ${state}${retry}${why}. Show logs`);
       }
       if (this.panel.jobId) {
         const job = jobs.find((j) => j.id === this.panel.jobId);
