@@ -85,7 +85,9 @@ class Actor:
     def _send(self, item: tuple[Any, Reply | None]) -> None:
         if self._outbox is None:
             self._open_mailbox()
+            assert self._spawn is not None  # an actor without a mailbox was given `spawn`
             self._spawn(self.run)
+        assert self._outbox is not None
         self._outbox.send_nowait(item)
 
     def record(self, record: Record) -> None:
@@ -127,7 +129,9 @@ class Actor:
             if reply is None:
                 log.warning("%s: %r failed: %s", self.name, message, exc)
         if self._records:
-            # Write-ahead: the answer goes out once the change is committed.
+            # Write-ahead: the answer goes out once the change is committed (records
+            # are only kept when there is a journal: see `record`).
+            assert self.journal is not None
             self.journal.submit(self.take_records(), reply, result, error)
         elif reply is not None:
             if error is not None:

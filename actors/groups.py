@@ -88,10 +88,10 @@ class ConcurrencyGroups(Actor):
                     del self._holders[group]
                     self._next(group)
                 else:
-                    waiting = self._waiting.get(group)
-                    if waiting is not None and key in waiting:
-                        waiting.remove(key)
-                        if not waiting:
+                    queued = self._waiting.get(group)
+                    if queued is not None and key in queued:
+                        queued.remove(key)
+                        if not queued:
                             del self._waiting[group]
                 return None
             case _:

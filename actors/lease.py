@@ -102,7 +102,8 @@ class LeaseActor(Actor):
         finally:
             self._system.lease_ended(lease.lease_id)
             self._system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=False))
-            self._outbox.close()
+            if self._outbox is not None:
+                self._outbox.close()
             # Anyone who asked after the end learns the lease is gone.
             while True:
                 try:
@@ -165,7 +166,9 @@ class LeaseActor(Actor):
             case ReportSuccess(outputs):
                 if self._masker is not None:
                     outputs = self._masker.mask_mapping(outputs)
-                report = JobCompleted(self._run_id, lease.job_id, lease.lease_id, outputs)
+                report: JobCompleted | JobFailed = JobCompleted(
+                    self._run_id, lease.job_id, lease.lease_id, outputs
+                )
             case ReportFailure(error, retryable):
                 if self._masker is not None:
                     error = self._masker.mask(error)

@@ -167,7 +167,8 @@ class MemoryHistory:
         return list(itertools.islice(newest_first, offset, offset + limit))
 
     def get(self, workflow_id: str, number: int) -> LiveRun | None:
-        return self.runs.get(workflow_id, {}).get(number)
+        runs = self.runs.get(workflow_id)
+        return runs.get(number) if runs is not None else None
 
 
 @dataclass
@@ -746,22 +747,22 @@ class Runtime:
         stale = []
         for lease_json, number, stored_deadline in snapshot.leases:
             lease = Lease.model_validate_json(lease_json)
-            actor = self._workflows.get(lease.workflow_id)
-            held = actor.restored_leases().get(lease.lease_id) if actor is not None else None
-            if actor is None or held != (number, lease.job_id):
+            owner = self._workflows.get(lease.workflow_id)
+            held = owner.restored_leases().get(lease.lease_id) if owner is not None else None
+            if owner is None or held != (number, lease.job_id):
                 stale.append(drop_lease(lease.lease_id))
                 continue
-            attempt = actor.live_attempt(number, lease.job_id)
+            attempt = owner.live_attempt(number, lease.job_id)
             # A deadline that passed while the server was down expires at once.
             lease_actor = LeaseActor(
                 lease,
                 number,
-                actor,
+                owner,
                 system,
                 deadline=deadline_from_ms(stored_deadline),
                 attempt=attempt,
-                secrets=self._lease_secrets(actor, number, lease.job_id),
-                claimed_at_ms=actor.live_started_at(number, lease.job_id),
+                secrets=self._lease_secrets(owner, number, lease.job_id),
+                claimed_at_ms=owner.live_started_at(number, lease.job_id),
             )
             system.leases[lease.lease_id] = lease_actor
             system.workers.tell(JobHeld(lease.worker_id, lease.job_id, held=True))

@@ -199,6 +199,7 @@ class WorkflowActor(Actor):
         self.journal = system.journal
         self._system = system
         self.spec = spec  # immutable: new runs start with it; safe for others to read
+        self.name = f"workflow {spec.id}"
         self._live: dict[int, LiveRun] = {}
         self._latest = 0
         self._next_number = next_number
@@ -210,10 +211,6 @@ class WorkflowActor(Actor):
             )
             self._latest = max(self._latest, stored.state.number)
             self._next_number = max(self._next_number, stored.state.number + 1)
-
-    @property
-    def name(self) -> str:
-        return f"workflow {self.spec.id}"
 
     @property
     def job_ids(self):

@@ -199,7 +199,13 @@ def _json(value: Any, status: int = 200) -> Response:
 
 async def _body(model: type[M], *, optional: bool = False) -> M:
     """Parse and validate the request's JSON body; 400 when malformed, 422 when invalid."""
-    return parse_body(await request.get_data(as_text=False), model, optional=optional)
+    return parse_body(await _raw_body(), model, optional=optional)
+
+
+async def _raw_body() -> bytes:
+    data = await request.get_data(as_text=False)
+    assert isinstance(data, bytes)  # as_text=False
+    return data
 
 
 def _error(status: int, message: str) -> Response:
@@ -328,12 +334,16 @@ def create_app(
     @app.errorhandler(BadRequest)
     @app.errorhandler(WorkflowGraphError)
     async def _request_error(exc: Exception):
-        return _error(*error_answer(exc))
+        answer = error_answer(exc)
+        assert answer is not None  # every error these handlers take has an answer
+        return _error(*answer)
 
     @app.errorhandler(DefinitionError)
     async def _definition_error(exc: DefinitionError):
         # `error` stays the one human line clients read; `errors` lists every problem.
-        status, message = error_answer(exc)
+        answer = error_answer(exc)
+        assert answer is not None
+        status, message = answer
         body = {"error": message, "errors": exc.errors()}
         return Response(json.dumps(body), status=status, content_type="application/json")
 
@@ -516,7 +526,7 @@ def create_app(
     @_errors(400, 401, 413, 422)
     async def claim_job():
         """Claim the oldest job the worker's labels allow, or null."""
-        return _json(await protocol.claim(runtime, await request.get_data()))
+        return _json(await protocol.claim(runtime, await _raw_body()))
 
     @app.post("/api/jobs/<lease_id>/heartbeat")
     @document_response(Lease, 200)
@@ -531,7 +541,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def complete_job(lease_id: str):
         """Report success with string outputs."""
-        return _json(await protocol.complete(runtime, lease_id, await request.get_data()))
+        return _json(await protocol.complete(runtime, lease_id, await _raw_body()))
 
     @app.post("/api/jobs/<lease_id>/fail")
     @document_request(FailRequest)
@@ -539,7 +549,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def fail_job(lease_id: str):
         """Report failure; `retryable` asks for a retry within the job's budget."""
-        return _json(await protocol.fail(runtime, lease_id, await request.get_data()))
+        return _json(await protocol.fail(runtime, lease_id, await _raw_body()))
 
     @app.post("/api/jobs/<lease_id>/logs")
     @document_request(LogsRequest)
@@ -547,7 +557,7 @@ def create_app(
     @_errors(400, 401, 409, 413, 422)
     async def push_logs(lease_id: str):
         """Append log chunks to the lease's job."""
-        return _json(await protocol.push_logs(runtime, lease_id, await request.get_data()))
+        return _json(await protocol.push_logs(runtime, lease_id, await _raw_body()))
 
     @app.get("/api/jobs/<workflow_id>/<job_id>/cancelled")
     @document_querystring(CancelledQuery)

@@ -21,6 +21,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 import trio
 from grandalf.graphs import Edge, Vertex, graph_core
@@ -130,6 +131,8 @@ class _Path:
 class _Sugiyama(SugiyamaLayout):
     # grandalf keeps alignment conflicts in a list and tests membership once per
     # median neighbour, which is quadratic on large DAGs; a set answers the same.
+    conflicts: Any
+
     def _detect_alignment_conflicts(self) -> None:
         super()._detect_alignment_conflicts()
         self.conflicts = set(self.conflicts)

@@ -86,6 +86,7 @@ class ProtocolFastPath:
                 if value is _GONE:
                     return None  # the client went away; its job went back to the queue
             else:
+                assert action is not None  # a lease path always names its action
                 value = await protocol.LEASE_ACTIONS[action](self._runtime, lease_id, raw)
         except _ClientLeft:
             return None

@@ -44,7 +44,7 @@ def dump(value: Any) -> str:
         body = value.model_dump_json()
     elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
         kind = type(value[0])
-        adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(list[kind]))
+        adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(list[kind]))  # type: ignore[valid-type]
         body = adapter.dump_json(value).decode()
     else:
         body = json.dumps(value)
