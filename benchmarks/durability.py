@@ -34,8 +34,9 @@ def run(quick: bool) -> Outcome:
         memory = previous[1]
         outcome.note("in-memory figures: the `http` scenario's run")
     else:
-        memory = http_throughput.measure_server(settings)
-        assert memory is not None
+        measured = http_throughput.measure_server(settings)
+        assert measured is not None
+        memory = measured
     http_throughput.report_server_run(outcome, "in-memory", memory)
     http_throughput.report_server_run(outcome, "durable", durable)
     outcome.figure(

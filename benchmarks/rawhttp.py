@@ -48,7 +48,9 @@ class RawHttp:
         while b"\r\n\r\n" not in self._buffer:
             self._buffer += self._read(sock)
         head, _, rest = self._buffer.partition(b"\r\n\r\n")
-        length = int(_LENGTH.search(head).group(1))
+        found = _LENGTH.search(head)
+        assert found is not None, head  # every answer here has a Content-Length
+        length = int(found.group(1))
         while len(rest) < length:
             rest += self._read(sock)
         self._buffer = rest[length:]

@@ -48,7 +48,7 @@ def _flat(jobs: int):
 def _diamond(n: int):
     """root -> A_1..A_k -> B_1..B_k -> sink, with k = n/2 - 1: n jobs in all."""
     k = n // 2 - 1
-    jobs = [{"id": "root", "command": "true"}]
+    jobs: list[dict] = [{"id": "root", "command": "true"}]
     jobs += [{"id": f"a{i}", "command": "true", "depends_on": ["root"]} for i in range(k)]
     jobs += [{"id": f"b{i}", "command": "true", "depends_on": [f"a{i}"]} for i in range(k)]
     jobs.append({"id": "sink", "command": "true", "depends_on": [f"b{i}" for i in range(k)]})

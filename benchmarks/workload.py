@@ -17,7 +17,7 @@ def flat_workflow(name: str, jobs: int) -> dict:
 
 def chain_workflow(name: str, length: int = 2) -> dict:
     """A create body: j0 <- j1 <- ... each job needing the one before."""
-    jobs = [{"id": "j0", "command": "true"}]
+    jobs: list[dict] = [{"id": "j0", "command": "true"}]
     jobs += [
         {"id": f"j{i}", "command": "true", "depends_on": [f"j{i - 1}"]} for i in range(1, length)
     ]
@@ -36,7 +36,7 @@ def run(client: httpx.Client, workflow_id: str) -> None:
 
 def queue_flat_jobs(client: httpx.Client, total: int, name: str = "bench") -> list[str]:
     """Create and run workflows of root jobs until `total` jobs are queued."""
-    ids = []
+    ids: list[str] = []
     while total > 0:
         size = min(total, MAX_JOBS_PER_WORKFLOW)
         workflow_id = create(client, flat_workflow(f"{name}-{len(ids)}", size))

@@ -387,7 +387,7 @@ def dashboard(workflows_dir: Path, server_factory) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while not any(w["worker_id"] == "ui-worker" for w in _get(server.url, "/api/workers")):
             if worker.poll() is not None or time.monotonic() > deadline:
-                out = worker.stdout.read() if worker.poll() is not None else ""
+                out = worker.stdout.read() if worker.stdout and worker.poll() is not None else ""
                 pytest.fail(f"the worker did not register:\n{out}")
             time.sleep(0.1)
         yield server.url

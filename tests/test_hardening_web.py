@@ -353,7 +353,7 @@ async def test_a_nul_byte_where_a_worker_would_use_it_is_422(api: Api, body):
     message = await assert_error(await api.post("/api/workflows", body), 422)
     # An env key is refused earlier still: it is no shell variable name.
     assert "NUL" in message or "not a shell variable name" in message
-    assert await api.list() == []
+    assert await api.workflows() == []
 
 
 @pytest.mark.parametrize("bad", [".", ".."])
@@ -366,7 +366,7 @@ async def test_dot_ids_are_refused(api: Api, bad: str):
         await assert_error(await api.post("/api/workflows", body), 422)
     await assert_error(await api.post("/api/workers/register", {"worker_id": bad}), 422)
     await assert_error(await api.post("/api/jobs/claim", {"worker_id": bad}), 422)
-    assert await api.list() == [] and await api.workers() == {}
+    assert await api.workflows() == [] and await api.workers() == {}
     # Other dotted ids stay valid.
     created = await api.create([job("..."), job(".a"), job("a.b", depends_on=["...", ".a"])])
     assert [j["id"] for j in created["jobs"]] == ["...", ".a", "a.b"]
@@ -390,7 +390,7 @@ async def test_names_are_bounded_by_max_name_chars(api: Api):
     ):
         message = await assert_error(await api.post("/api/workflows", body), 422)
         assert f"limit max_name_chars (256) exceeded by {where}" in message, message
-    assert len(await api.list()) == 1
+    assert len(await api.workflows()) == 1
 
 
 async def test_max_name_chars_applies_to_files_and_the_api_alike(tmp_path: Path):
@@ -431,11 +431,11 @@ async def test_a_stored_workflow_survives_a_lower_max_name_chars(tmp_path: Path)
 async def test_huge_limit_and_offset_are_capped_not_refused(api: Api):
     ids = [(await api.create([job("a")]))["id"] for _ in range(3)]
     huge = "9" * 30
-    assert [w["id"] for w in await api.list(f"?limit={huge}")] == ids
-    assert [w["id"] for w in await api.list("?limit=0000000000000000000000002")] == ids[:2]
-    assert [w["id"] for w in await api.list(f"?offset={'0' * 5000}1")] == ids[1:]
-    assert await api.list(f"?offset={huge}") == []
-    assert await api.list(f"?limit={huge}&offset={'1' * 5000}") == []
+    assert [w["id"] for w in await api.workflows(f"?limit={huge}")] == ids
+    assert [w["id"] for w in await api.workflows("?limit=0000000000000000000000002")] == ids[:2]
+    assert [w["id"] for w in await api.workflows(f"?offset={'0' * 5000}1")] == ids[1:]
+    assert await api.workflows(f"?offset={huge}") == []
+    assert await api.workflows(f"?limit={huge}&offset={'1' * 5000}") == []
     # Digits outside ASCII ("²", "١") pass str.isdigit but are no count here.
     for bad in ("-" + huge, "1e3", "%C2%B2", "%D9%A1", "%201", "0x10"):
         await assert_error(await api.get(f"/api/workflows?limit={bad}"), 400)

@@ -14,7 +14,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -131,7 +131,7 @@ class Api:
         assert resp.status_code == 201, body
         return body
 
-    async def list(self, query: str = "") -> list[dict]:
+    async def workflows(self, query: str = "") -> list[dict]:
         resp = await self.get("/api/workflows" + query)
         body = await resp.get_json()
         assert resp.status_code == 200, body
@@ -162,7 +162,7 @@ class Api:
         return wf_id
 
     # workers
-    async def register(self, worker_id: str, labels: list[str] = ()) -> dict:
+    async def register(self, worker_id: str, labels: Sequence[str] = ()) -> dict:
         body = {"worker_id": worker_id, "labels": list(labels)}
         return await assert_object(await self.post("/api/workers/register", body))
 
@@ -174,7 +174,7 @@ class Api:
         return {w["worker_id"]: w for w in body}
 
     # worker protocol
-    async def claim(self, worker_id: str = "w1", labels: list[str] = (), **extra: Any):
+    async def claim(self, worker_id: str = "w1", labels: Sequence[str] = (), **extra: Any):
         body = {"worker_id": worker_id, "labels": list(labels), **extra}
         resp = await self.post("/api/jobs/claim", body)
         text = await resp.get_data(as_text=True)
@@ -182,7 +182,7 @@ class Api:
         assert resp.mimetype == "application/json"
         return json.loads(text)
 
-    async def claim_job(self, worker_id: str = "w1", labels: list[str] = (), **extra):
+    async def claim_job(self, worker_id: str = "w1", labels: Sequence[str] = (), **extra):
         claim = await self.claim(worker_id, labels, **extra)
         assert claim is not None, "expected a job to claim"
         return claim
@@ -249,22 +249,22 @@ def now_epoch_ms() -> int:
 
 
 async def test_list_empty(api: Api):
-    assert await api.list() == []
+    assert await api.workflows() == []
 
 
 async def test_list_returns_workflows_in_creation_order(api: Api):
     ids = [(await api.create([job("a")], name=f"n{i}"))["id"] for i in range(5)]
-    listed = await api.list()
+    listed = await api.workflows()
     assert [w["id"] for w in listed] == ids
     assert [w["name"] for w in listed] == [f"n{i}" for i in range(5)]
     # Stable: the same again, and after a run changes one of them.
     await api.run(ids[2])
-    assert [w["id"] for w in await api.list()] == ids
+    assert [w["id"] for w in await api.workflows()] == ids
 
 
 async def test_list_items_are_full_workflows(api: Api):
     created = await api.create([job("a"), job("b", depends_on=["a"])], name="N", trigger="on: x")
-    (listed,) = await api.list()
+    (listed,) = await api.workflows()
     assert listed == created
     assert set(listed) == {"id", "name", "trigger", "jobs", "run"}
     assert listed["trigger"] == "on: x"
@@ -273,32 +273,32 @@ async def test_list_items_are_full_workflows(api: Api):
 
 async def test_list_limit_and_offset(api: Api):
     ids = [(await api.create([job("a")]))["id"] for _ in range(7)]
-    assert [w["id"] for w in await api.list("?limit=3")] == ids[:3]
-    assert [w["id"] for w in await api.list("?limit=3&offset=3")] == ids[3:6]
-    assert [w["id"] for w in await api.list("?limit=3&offset=6")] == ids[6:]
-    assert [w["id"] for w in await api.list("?offset=5")] == ids[5:]
-    assert await api.list("?offset=7") == []
-    assert await api.list("?offset=100") == []
-    assert await api.list("?limit=0") == []
+    assert [w["id"] for w in await api.workflows("?limit=3")] == ids[:3]
+    assert [w["id"] for w in await api.workflows("?limit=3&offset=3")] == ids[3:6]
+    assert [w["id"] for w in await api.workflows("?limit=3&offset=6")] == ids[6:]
+    assert [w["id"] for w in await api.workflows("?offset=5")] == ids[5:]
+    assert await api.workflows("?offset=7") == []
+    assert await api.workflows("?offset=100") == []
+    assert await api.workflows("?limit=0") == []
 
 
 async def test_list_limit_defaults_to_100(api: Api):
     ids = [(await api.create([job("a")]))["id"] for _ in range(101)]
-    listed = await api.list()
+    listed = await api.workflows()
     assert [w["id"] for w in listed] == ids[:100]
-    assert [w["id"] for w in await api.list("?offset=100")] == ids[100:]
-    assert len(await api.list("?limit=101")) == 101
+    assert [w["id"] for w in await api.workflows("?offset=100")] == ids[100:]
+    assert len(await api.workflows("?limit=101")) == 101
 
 
 async def test_list_limit_is_capped_at_1000(api: Api):
     for _ in range(1001):
         resp = await api.post("/api/workflows", {"name": "w", "jobs": [job("a")]})
         assert resp.status_code == 201
-    assert len(await api.list("?limit=5000")) == 1000
-    assert len(await api.list("?limit=1000")) == 1000
-    assert len(await api.list("?limit=1001")) == 1000
-    assert len(await api.list("?limit=1000&offset=1")) == 1000
-    assert len(await api.list("?limit=1000&offset=2")) == 999
+    assert len(await api.workflows("?limit=5000")) == 1000
+    assert len(await api.workflows("?limit=1000")) == 1000
+    assert len(await api.workflows("?limit=1001")) == 1000
+    assert len(await api.workflows("?limit=1000&offset=1")) == 1000
+    assert len(await api.workflows("?limit=1000&offset=2")) == 999
 
 
 @pytest.mark.parametrize(
@@ -333,15 +333,15 @@ async def test_list_status_filter(api: Api):
     def ids(workflows):
         return [w["id"] for w in workflows]
 
-    assert ids(await api.list("?status=running")) == [running]
-    assert ids(await api.list("?status=queued")) == [idle, running]
-    assert ids(await api.list("?status=success")) == [done]
+    assert ids(await api.workflows("?status=running")) == [running]
+    assert ids(await api.workflows("?status=queued")) == [idle, running]
+    assert ids(await api.workflows("?status=success")) == [done]
     for status in ("failure", "skipped", "cancelled"):
-        assert await api.list(f"?status={status}") == []
+        assert await api.workflows(f"?status={status}") == []
     # The filter composes with pagination, over the filtered list.
-    assert ids(await api.list("?status=queued&limit=1&offset=1")) == [running]
+    assert ids(await api.workflows("?status=queued&limit=1&offset=1")) == [running]
     await api.cancel(running)
-    assert ids(await api.list("?status=cancelled")) == [running]
+    assert ids(await api.workflows("?status=cancelled")) == [running]
 
 
 # --- create -------------------------------------------------------------------
@@ -430,7 +430,11 @@ async def test_create_echoes_visualizer_fields_only_when_sent(api: Api):
             job("c"),
         ]
     )
-    for jobs in (wf["jobs"], (await api.status(wf["id"]))["jobs"], (await api.list())[0]["jobs"]):
+    for jobs in (
+        wf["jobs"],
+        (await api.status(wf["id"]))["jobs"],
+        (await api.workflows())[0]["jobs"],
+    ):
         a, b, c = jobs
         assert a["ports"] == ports
         assert a["children"] == ["x", "y"]
@@ -443,7 +447,7 @@ async def test_create_echoes_visualizer_fields_only_when_sent(api: Api):
 async def test_create_malformed_json_is_400(api: Api):
     for raw in (b'{"name": "x", "jobs": [', b"not json", b"{'name': 'x'}", b""):
         await assert_error(await api.post("/api/workflows", raw=raw), 400)
-    assert await api.list() == []
+    assert await api.workflows() == []
 
 
 @pytest.mark.parametrize(
@@ -474,7 +478,7 @@ async def test_create_malformed_json_is_400(api: Api):
 async def test_create_invalid_is_422(api: Api, jobs):
     resp = await api.post("/api/workflows", {"name": "x", "jobs": jobs})
     await assert_error(resp, 422)
-    assert await api.list() == []
+    assert await api.workflows() == []
 
 
 @pytest.mark.parametrize(
@@ -489,7 +493,7 @@ async def test_create_invalid_is_422(api: Api, jobs):
 )
 async def test_create_invalid_body_is_422(api: Api, body):
     await assert_error(await api.post("/api/workflows", raw=json.dumps(body).encode()), 422)
-    assert await api.list() == []
+    assert await api.workflows() == []
 
 
 async def test_create_error_names_the_reason(api: Api):
@@ -1344,7 +1348,7 @@ async def test_body_over_limit_is_413_everywhere():
     async with serve(max_body_bytes=256) as api:
         big = {"name": "x" * 400, "jobs": [job("a")]}
         await assert_error(await api.post("/api/workflows", big), 413)
-        assert await api.list() == []
+        assert await api.workflows() == []
         await assert_error(
             await api.post("/api/workers/register", {"worker_id": "w", "labels": ["l" * 300]}),
             413,
@@ -1553,7 +1557,7 @@ async def test_body_over_limit_without_content_length_is_413():
         assert conn.status_code == 413, data
         error = json.loads(data)
         assert set(error) == {"error"} and isinstance(error["error"], str)
-        assert await api.list() == []
+        assert await api.workflows() == []
 
 
 async def test_body_over_limit_on_bodiless_endpoint_is_413():

@@ -64,7 +64,13 @@ class SSEReader:
         block, self.buf = self.buf.split(b"\n\n", 1)
         return block.decode()
 
-    async def event(self) -> dict | None:
+    async def event(self) -> dict:
+        """The next event, skipping comment blocks (the stream must not have ended)."""
+        event = await self.next_event()
+        assert event is not None, "the stream ended"
+        return event
+
+    async def next_event(self) -> dict | None:
         """The next event, skipping comment blocks; None when the stream ended."""
         while True:
             block = await self.block()
@@ -77,7 +83,7 @@ class SSEReader:
     async def rest(self) -> list[dict]:
         """Every remaining event until the stream ends."""
         events = []
-        while (e := await self.event()) is not None:
+        while (e := await self.next_event()) is not None:
             events.append(e)
         return events
 

@@ -9,6 +9,7 @@ ends. A restart on a durable store mid-run keeps matrix and conditions.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Set
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ async def create(api: RunsApi, text: str) -> str:
     return body["id"]
 
 
-async def drive(api: RunsApi, fail: set[str] = frozenset(), outputs=None) -> list[str]:
+async def drive(api: RunsApi, fail: Set[str] = frozenset(), outputs=None) -> list[str]:
     return await api.finish_all(fail=set(fail), outputs=outputs)
 
 

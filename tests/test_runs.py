@@ -7,7 +7,7 @@ across a restart uses a real store in a temporary directory.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class RunsApi(Api):
         assert resp.status_code == 200, body
         return body
 
-    async def finish_all(self, *, fail: set[str] = frozenset(), outputs=None) -> list[str]:
+    async def finish_all(self, *, fail: Set[str] = frozenset(), outputs=None) -> list[str]:
         """Claim and finish jobs until none is claimable; returns the ids in claim order."""
         done = []
         while (claim := await self.claim()) is not None:
@@ -265,6 +265,7 @@ async def test_run_body_shapes(api: RunsApi):
 
 
 async def test_a_bad_input_declaration_is_refused_at_create(api: RunsApi):
+    inputs: dict
     for inputs in (
         {"x": {"type": "choice"}},
         {"x": {"type": "number", "default": "many"}},

@@ -46,6 +46,12 @@ def is_worker_path(path: str) -> bool:
     )
 
 
+class GuardedApi(Api):
+    """`Api` plus a client that sends no token of its own."""
+
+    raw: Any
+
+
 class TokenClient:
     """The test client, sending the right token for each route unless told otherwise."""
 
@@ -76,17 +82,17 @@ async def serve(
     *,
     send_tokens: bool = True,
     **app_kwargs: Any,
-) -> AsyncIterator[Api]:
+) -> AsyncIterator[GuardedApi]:
     """A runtime with `limits` and the app over it; the client sends the app's tokens."""
     async with open_runtime(limits=limits) as runtime:
         app = create_app(runtime, **app_kwargs)
         async with app.test_app() as test_app:
-            client = test_app.test_client()
+            client: Any = test_app.test_client()
             if send_tokens:
                 api_token = app_kwargs.get("api_token")
                 worker_token = app_kwargs.get("worker_token") or api_token
                 client = TokenClient(client, api_token, worker_token)
-            api = Api(client, runtime)
+            api = GuardedApi(client, runtime)
             api.raw = test_app.test_client()  # sends nothing of its own
             yield api
 
@@ -109,7 +115,7 @@ async def snapshot(api: Api) -> tuple:
 
 # (method, path, group, body); {wf} is a running workflow, {done} a finished one,
 # {lease} the lease on the running workflow's job `a`.
-ENDPOINTS = [
+ENDPOINTS: list[tuple[str, str, str, dict | None]] = [
     ("GET", "/api/workflows", "api", None),
     ("POST", "/api/workflows", "api", {"name": "x", "jobs": [job("a")]}),
     ("GET", "/api/workflows/{wf}/status", "api", None),
@@ -143,7 +149,7 @@ async def seed(api: Api) -> dict[str, str]:
     return {"wf": wf, "done": done, "lease": claim["lease"]["lease_id"]}
 
 
-async def send(api: Api, method: str, path: str, body: Any, headers: dict | None = None):
+async def send(api: GuardedApi, method: str, path: str, body: Any, headers: dict | None = None):
     client = api.raw
     kw: dict[str, Any] = {"headers": headers or {}}
     if body is not None:
@@ -461,7 +467,7 @@ async def test_max_workflows():
             await api.post("/api/workflows", {"name": "x", "jobs": [job("a")]}), "max_workflows", 2
         )
         assert await snapshot(api) == before
-        assert len(await api.list()) == 2
+        assert len(await api.workflows()) == 2
 
 
 async def test_max_labels_per_worker_and_per_job():

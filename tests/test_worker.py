@@ -108,7 +108,7 @@ async def test_outputs_logs_and_upstream_outputs(workflows_dir: Path, server_fac
             ctx.log("hello")
             ctx.log("careful\n", stream="stderr")
             ctx.set_output("artifact", "build.tar.gz")
-            ctx.set_output("count", 3)  # not a string: sent as its text
+            ctx.set_output("count", 3)  # type: ignore[arg-type]  # not a string: sent as its text
 
     async with httpx.AsyncClient(base_url=server.url) as http, trio.open_nursery() as nursery:
         nursery.start_soon(_worker(server.url, handler).run)

@@ -35,10 +35,10 @@ class WorkerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def signal(self, sig: signal.Signals) -> None:
+    def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
-    def signal_group(self, sig: signal.Signals) -> None:
+    def signal_group(self, sig: int) -> None:
         """To the worker's process group (it leads its own: see `start_worker`)."""
         os.killpg(self.process.pid, sig)
 

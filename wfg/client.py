@@ -170,7 +170,7 @@ class Client(_Base):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         worker_token: str | None = None,
@@ -385,7 +385,7 @@ class AsyncClient(_Base):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         worker_token: str | None = None,
@@ -496,7 +496,7 @@ class AsyncClient(_Base):
         *,
         run: int | None = None,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[LogChunk]:
+    ) -> AsyncGenerator[LogChunk, None]:
         """Stored chunks, then live ones, until the server ends the stream.
 
         To stop early, wrap it in `contextlib.aclosing` so the connection is
