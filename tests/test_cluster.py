@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -60,7 +61,10 @@ class Scheduler:
                 self.process.wait()
 
 
-def until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+T = TypeVar("T")
+
+
+def until(condition: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Iterable,
     Iterator,
     Mapping,
