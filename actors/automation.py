@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -54,6 +55,8 @@ log = logging.getLogger("workflow_graph")
 RETRY_FAILED_FIRE_MS = 5_000
 # Notifications sent at once; more wait their turn (a slow receiver holds one slot).
 MAX_SENDING = 8
+# Ids of notifications finished here that a stale read of the store cannot send again.
+FINISHED_REMEMBERED = 10_000
 # The refusals that mean "no run for this due time or delivery": skipped, logged, counted.
 NOT_STARTED = (Conflict, Invalid, NotFound)
 
@@ -61,7 +64,7 @@ NOT_STARTED = (Conflict, Invalid, NotFound)
 class TriggerRuntime(Protocol):
     """What the triggers need of a home."""
 
-    def definitions(self) -> list[WorkflowSpec]:
+    async def definitions(self) -> list[WorkflowSpec]:
         """Every workflow's current definition, in creation order."""
         ...
 
@@ -92,6 +95,26 @@ def _deadline(at_ms: float, now: int) -> float:
 
 
 # --- schedules ---------------------------------------------------------------------------
+
+
+def schedule_infos(
+    spec: WorkflowSpec, marks: dict[ScheduleKey, ScheduleMark], now: int
+) -> list[ScheduleInfo]:
+    """The workflow's schedules with their next and last due times, from their marks
+    (a schedule with none counts from `now`)."""
+    found = []
+    for key in schedule_keys(spec):
+        mark = marks.get(key) or ScheduleMark(seen_ms=now)
+        found.append(
+            ScheduleInfo(
+                cron=key.cron,
+                timezone=key.timezone,
+                next_at_ms=next_at(key.schedule, mark, now),
+                last_at_ms=mark.last_ms,
+                skipped=mark.skipped,
+            )
+        )
+    return found
 
 
 class ScheduleClock:
@@ -138,22 +161,14 @@ class ScheduleClock:
             self._marks.update(new)
             self._wake.set()
 
+    async def reload(self, specs: list[WorkflowSpec]) -> None:
+        """The definitions changed (elsewhere): load their schedules again, and look."""
+        await self.load(specs)
+        self._wake.set()
+
     def view(self, spec: WorkflowSpec) -> list[ScheduleInfo]:
         """The workflow's schedules with their next and last due times."""
-        now = self._now()
-        found = []
-        for key in schedule_keys(spec):
-            mark = self._marks.get(key) or ScheduleMark(seen_ms=now)
-            found.append(
-                ScheduleInfo(
-                    cron=key.cron,
-                    timezone=key.timezone,
-                    next_at_ms=next_at(key.schedule, mark, now),
-                    last_at_ms=mark.last_ms,
-                    skipped=mark.skipped,
-                )
-            )
-        return found
+        return schedule_infos(spec, self._marks, self._now())
 
     async def run(self) -> None:
         while True:
@@ -248,7 +263,7 @@ class DeliveryIntake:
             now = self._now()
             started: list[RunAccepted] = []
             unstarted: list[DeliveryHandled] = []
-            for spec in self._runtime.definitions():
+            for spec in await self._runtime.definitions():
                 if spec.id in (handled or ()) or not starts(spec.triggers, delivery):
                     continue
                 try:
@@ -320,13 +335,23 @@ class Notifier:
         self._due: list[tuple[int, int, Notification]] = []
         self._seq = itertools.count()
         self._wake = trio.Event()
+        self._held: set[str] = set()  # ids waiting in `_due` or being attempted
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recently delivered/given up
 
     def enqueue(self, notification: Notification) -> None:
-        """Send `notification` when it is due (its run's end is being committed)."""
+        """Send `notification` when it is due (its run's end is being committed). One
+        already held, or finished here lately (a stale read of the store), is not sent
+        twice."""
+        if notification.id in self._held or notification.id in self._finished:
+            return
+        self._held.add(notification.id)
         heapq.heappush(self._due, (notification.next_ms, next(self._seq), notification))
         self._wake.set()
 
     async def run(self) -> None:
+        # Attempts an earlier run of this task had under way (cut short: leadership
+        # lost) are read from the store again; what waits in the queue stays.
+        self._held = {n.id for _, _, n in self._due}
         for pending in await self._store.pending_notifications():
             self.enqueue(pending)
         limiter = trio.CapacityLimiter(MAX_SENDING)
@@ -373,8 +398,13 @@ class Notifier:
             await self._store.put_notification(after)
         except Exception:  # noqa: BLE001 - the stored state stays pending: retried
             log.exception("%s: could not store the attempt", where)
+        self._held.discard(n.id)
         if after.state == "pending":
             self.enqueue(after)
+        else:
+            self._finished[n.id] = None
+            while len(self._finished) > FINISHED_REMEMBERED:
+                self._finished.popitem(last=False)
 
 
 # --- the three together ----------------------------------------------------------------------
@@ -393,11 +423,12 @@ class Automation:
         store: TriggerStore,
         metrics: Metrics,
         webhook_secret: str | None = None,
+        now: Callable[[], int] = now_ms,
     ) -> None:
         self.store = store
-        self.clock = ScheduleClock(runtime, store, metrics)
-        self.intake = DeliveryIntake(runtime, store, metrics)
-        self.notifier = Notifier(store, webhook_secret, metrics=metrics)
+        self.clock = ScheduleClock(runtime, store, metrics, now)
+        self.intake = DeliveryIntake(runtime, store, metrics, now)
+        self.notifier = Notifier(store, webhook_secret, metrics=metrics, now=now)
 
     async def start(self, nursery: trio.Nursery, specs: list[WorkflowSpec]) -> None:
         await self.clock.load(specs)

@@ -536,7 +536,7 @@ class Runtime:
 
     # --- triggers ---
 
-    def definitions(self) -> list[WorkflowSpec]:
+    async def definitions(self) -> list[WorkflowSpec]:
         """Every workflow's current definition, in creation order."""
         return [actor.spec for actor in self._workflows.values()]
 
@@ -968,6 +968,7 @@ async def open_runtime(
             say=say,
             secrets=secrets,
             metrics=metrics,
+            webhook_secret=webhook_secret,
         ) as pg_runtime:
             yield pg_runtime
         return
@@ -1016,7 +1017,7 @@ async def open_runtime(
             system.automation = Automation(
                 runtime, system.trigger_store, system.metrics, webhook_secret
             )
-            await system.automation.start(nursery, runtime.definitions())
+            await system.automation.start(nursery, await runtime.definitions())
             nursery.start_soon(runtime.watch_waiting)
             runtime._started = True
             try:

@@ -134,6 +134,9 @@ TABLES = (
     "logs",
     "workers",
     "prune_queue",
+    "schedules",
+    "deliveries",
+    "notifications",
 )
 
 

@@ -359,7 +359,7 @@ class ElsewhereRuntime:
         self.specs = specs
         self.asked = 0
 
-    def definitions(self) -> list[WorkflowSpec]:
+    async def definitions(self) -> list[WorkflowSpec]:
         return self.specs
 
     async def run_workflow(self, workflow_id, inputs=None, *, trigger, event=None, mark=None):
@@ -372,7 +372,7 @@ async def test_a_due_time_fired_elsewhere_is_neither_fired_nor_skipped_here(auto
     runtime = ElsewhereRuntime([scheduled("tick", "* * * * *")])
     store, metrics = MemoryTriggerStore(), Metrics()
     clock = ScheduleClock(runtime, store, metrics)
-    await clock.load(runtime.definitions())
+    await clock.load(await runtime.definitions())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clock.run)
         await sleep_until(at(2024, 1, 1, 12, 2, 30))
@@ -398,7 +398,7 @@ async def test_a_due_time_the_store_failed_is_tried_again_soon(autojump_clock, c
     set_now_ms(at(2024, 1, 1, 12, 0, 30))
     runtime = FlakyRuntime([scheduled("hourly", "0 * * * *")])
     clock = ScheduleClock(runtime, MemoryTriggerStore(), Metrics())
-    await clock.load(runtime.definitions())
+    await clock.load(await runtime.definitions())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clock.run)
         await sleep_until(at(2024, 1, 1, 13, 0, 30))

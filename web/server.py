@@ -401,6 +401,7 @@ async def _schedule(settings: ServerSettings) -> None:
         retain_runs=settings.retain_runs,
         reap_interval_secs=settings.reap_interval_secs,
         limits=settings.limits(),
+        webhook_secret=settings.webhook_secret,  # the leader signs run notifications
         say=say,
     ):
         say(

@@ -20,7 +20,9 @@ the whole transaction runs again (`Stale`).
 
 Notifications (sent at commit, once per payload per transaction):
 `["r", label_key]` a job became claimable; `["l", wf, number, job]` log chunks;
-`["e", wf, number, job]` a job ended; `["w"]` a new deadline for the leader.
+`["e", wf, number, job]` a job ended; `["w"]` a new deadline for the leader;
+`["n"]` a run's end owes notifications (the leader sends them); `["s"]` a definition
+was added or changed (the leader's schedule clock loads them again).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .. import groups
+from .. import groups, notify
 from ..errors import Conflict, LeaseNotActive, NotFound
 from ..limits import stamp_chunks
 from ..logs import Indexed, stored_log
@@ -57,10 +59,12 @@ from ..rules import Run as RunState
 from ..secrets import Masker, SecretStore, job_references
 from ..spec import WorkflowSpec, spec_from_json, spec_to_json
 from ..store import spec_hash
+from ..trigger_store import RunMark
 from ..workers import DEFAULT_TTL_SECS, WorkerRecord
 from ..workflow import new_run, no_run_error, queued_job
 from .db import Stale, Tx
 from .schema import lock_key
+from .triggers import put_notifications, put_run_mark
 
 # A worker heard from, with the labels and lease TTL of its claim (the last parameter:
 # whether to write it at all).
@@ -212,10 +216,11 @@ class Engine:
     def transition(self, tx: Tx, loaded: Loaded) -> Transition:
         return Transition(loaded.plan, loaded.state, tx.now)
 
-    def write(self, tx: Tx, loaded: Loaded, fx: Effects) -> None:
+    def write(self, tx: Tx, loaded: Loaded, fx: Effects, admit: bool = True) -> None:
         """Carry out the effects: job rows (the enqueued made ready with their claim
-        payload, in order), the run's row, ended leases, notifications, and the next
-        run of the group when this one ended."""
+        payload, in order), the run's row, ended leases, notifications, the
+        notifications the run's end owes, and (`admit`) the next run of the group when
+        this one ended."""
         state, run_plan, now = loaded.state, loaded.plan, tx.now
         wf, number = state.workflow_id, state.number
         enqueued = list(dict.fromkeys(j for j in fx.enqueued if state.jobs[j].in_queue))
@@ -300,8 +305,13 @@ class Engine:
                 tx.notify("e", wf, number, job_id)
         if self.metrics is not None:
             self.metrics.effects_applied(state, fx)
-        if fx.ended and state.group is not None:
-            self.admit_next(tx, state.group)
+        if fx.ended:
+            owed = notify.notifications_for(
+                run_plan.spec.notify, state, now, lambda: str(uuid.uuid4())
+            )
+            put_notifications(tx, owed)
+            if admit and state.group is not None:
+                self.admit_next(tx, state.group)
 
     def write_run(self, tx: Tx, state: RunState) -> None:
         running = state.status is RunStatus.running
@@ -359,12 +369,14 @@ class Engine:
 
     def put_workflow(self, tx: Tx, spec: WorkflowSpec, from_file: bool) -> None:
         digest = self.put_spec(tx, spec)
-        tx.exec(
+        changed = tx.exec(
             "INSERT INTO workflows (id, spec_hash, from_file) VALUES (%s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET spec_hash = excluded.spec_hash "
             "WHERE workflows.spec_hash <> excluded.spec_hash",
             (spec.id, digest, from_file),
         )
+        if changed:
+            tx.notify("s")  # the leader's schedule clock loads the definitions again
 
     def create_workflow(self, tx: Tx, spec: WorkflowSpec, check_room) -> None:
         # One creation at a time counts the workflows, so the limit holds across nodes.
@@ -394,7 +406,11 @@ class Engine:
         event: dict[str, Any] | None,
         rerun_of: int | None = None,
         failed_only: bool = False,
+        mark: RunMark | None = None,
     ) -> RunAccepted:
+        """A new run (`mark`: what started it, stored with it or AlreadyHandled)."""
+        if mark is not None:
+            put_run_mark(tx, mark)
         digest, number, _, _ = self.workflow_row(tx, workflow_id)
         previous = None
         if rerun_of is not None:
@@ -470,8 +486,7 @@ class Engine:
             victim = self.locked(tx, *other)
             if victim is not None and victim.state.active:
                 fx = self.transition(tx, victim).cancel()
-                fx.ended = False  # the group moves on below, once
-                self.write(tx, victim, fx)
+                self.write(tx, victim, fx, admit=False)  # the group moves on below, once
         self.admit_next(tx, state.group)
         # The answer is the admission's, as the embedded engine gives it: a run that
         # waited for the holder it cancelled reads `queued`, though it may start at once.
@@ -859,6 +874,12 @@ class Engine:
                 params = (workflow_id, doomed)
                 tx.exec("DELETE FROM jobs WHERE workflow_id = %s AND number = ANY(%s)", params)
                 tx.exec("DELETE FROM logs WHERE workflow_id = %s AND number = ANY(%s)", params)
+                # A notification still being retried outlives its run's record.
+                tx.exec(
+                    "DELETE FROM notifications WHERE workflow_id = %s AND number = ANY(%s) "
+                    "AND state <> 'pending'",
+                    params,
+                )
                 gone += len(doomed)
         return gone
 

@@ -27,6 +27,8 @@ from typing import Any
 import psycopg
 import trio
 
+from ..automation import Automation, schedule_infos
+from ..clock import now_ms
 from ..errors import NotFound, Unavailable
 from ..limits import Limits
 from ..logs import Indexed, Subscription, stream
@@ -37,22 +39,28 @@ from ..models import (
     Lease,
     LogChunk,
     LogChunkIn,
+    NotificationStatus,
     Run,
     RunAccepted,
+    ScheduleInfo,
     WorkerInfo,
     Workflow,
     WorkflowCreate,
 )
 from ..rules import JobRun
 from ..rules import Run as RunState
+from ..schedules import schedule_keys
 from ..secrets import SecretStore
 from ..spec import WorkflowSpec, spec_from_create
 from ..store import StoreError
+from ..trigger_store import RunMark
 from ..waiting import WATCH_INTERVAL_SECS, Coverage, WaitingWatch
+from ..webhooks import Delivery
 from ..workflow import no_run_error, run_view, workflow_view
 from .db import Database, Tx
 from .engine import DUTY_BATCH, Engine, Loaded
 from .schema import lock_key
+from .triggers import PgTriggerStore, schedule_marks
 
 log = logging.getLogger("workflow_graph")
 
@@ -62,6 +70,8 @@ POLL_FLOOR_SECS = 1.0
 STANDBY_RETRY_SECS = 1.0
 DEFAULT_REAP_INTERVAL_SECS = 5.0
 DEFAULT_RETAIN_RUNS = 50
+# The leader looks for notifications made on other nodes at least this often.
+NOTIFICATIONS_POLL_SECS = 5.0
 
 
 @dataclass(eq=False)
@@ -83,6 +93,8 @@ class _Wakeups:
         self.claims: set[_Waiter] = set()
         self.logs: dict[tuple[str, int, str], set[_Waiter]] = {}
         self.leader = trio.Event()
+        self.notifications = trio.Event()  # a run's end owes notifications (the leader sends)
+        self.definitions = trio.Event()  # a definition was added or changed (its schedules)
         self.parking = True
 
     def ready(self, labels: frozenset[str]) -> None:
@@ -101,6 +113,8 @@ class _Wakeups:
             for waiter in waiters:
                 waiter.event.set()
         self.leader.set()
+        self.notifications.set()
+        self.definitions.set()
 
     def watch_log(self, key: tuple[str, int, str], waiter: _Waiter) -> None:
         self.logs.setdefault(key, set()).add(waiter)
@@ -127,6 +141,7 @@ class PgRuntime:
         reap_interval_secs: float,
         secrets: SecretStore,
         metrics: Metrics,
+        webhook_secret: str | None = None,
     ) -> None:
         self._nursery = nursery
         self._db = db
@@ -140,6 +155,13 @@ class PgRuntime:
         self._wake = _Wakeups()
         self._workflow_count = 0
         self.leading = False
+        # The database's clock as this node estimates it (the leader's schedules read it).
+        self._skew_ms = 0
+        # Webhook deliveries are taken on every node; schedules fire and notifications
+        # are sent by the leader only (`_automate`).
+        self._automation = Automation(
+            self, PgTriggerStore(db), metrics, webhook_secret, now=self.db_now_ms
+        )
 
     @property
     def workflow_count(self) -> int:
@@ -271,11 +293,21 @@ class PgRuntime:
         *,
         trigger: str = "manual",
         event: dict[str, Any] | None = None,
+        mark: RunMark | None = None,
     ) -> RunAccepted:
         """Start a run, or queue it behind its concurrency group. Conflict when the
-        workflow is its own group and a run is active; Invalid for bad inputs."""
+        workflow is its own group and a run is active; Invalid for bad inputs. `mark`
+        (a schedule's due time, a webhook delivery) is stored in the run's transaction:
+        AlreadyHandled, and no run, when another node stored it first."""
         return await self._db.run(
-            self._engine.create_run, workflow_id, dict(inputs or {}), trigger, event
+            self._engine.create_run,
+            workflow_id,
+            dict(inputs or {}),
+            trigger,
+            event,
+            None,
+            False,
+            mark,
         )
 
     async def rerun(self, workflow_id: str, number: int, failed_only: bool = False) -> RunAccepted:
@@ -338,6 +370,76 @@ class PgRuntime:
         if loaded is None:
             raise no_run_error(workflow_id, number, next_number, self.retain_runs)
         return loaded
+
+    # --- triggers ---
+
+    def db_now_ms(self) -> int:
+        """The database's clock, estimated from this node's (the leader re-reads it)."""
+        return now_ms() + self._skew_ms
+
+    async def definitions(self) -> list[WorkflowSpec]:
+        """Every workflow's current definition, in creation order."""
+
+        def read(tx: Tx) -> list[WorkflowSpec]:
+            rows = tx.all("SELECT spec_hash FROM workflows ORDER BY seq")
+            return [self._engine.spec(tx, digest) for (digest,) in rows]
+
+        return await self._db.run(read)
+
+    async def schedules(self, workflow_id: str) -> list[ScheduleInfo]:
+        """The workflow's schedules with their next and last due times (on any node)."""
+
+        def read(tx: Tx) -> tuple[WorkflowSpec, dict, int]:
+            spec = self._engine.spec(tx, self._engine.workflow_row(tx, workflow_id)[0])
+            return spec, schedule_marks(tx) if schedule_keys(spec) else {}, tx.now
+
+        spec, marks, now = await self._db.run(read)
+        return schedule_infos(spec, marks, now)
+
+    async def deliver(self, delivery_id: str, delivery: Delivery) -> list[RunAccepted]:
+        """Start every run a webhook delivery matches; a delivery id seen before (on any
+        node) starts none."""
+        return await self._automation.intake.deliver(delivery_id, delivery)
+
+    async def run_notifications(self, workflow_id: str, number: int) -> list[NotificationStatus]:
+        """How each notification of the run's end went (none before it ended)."""
+        await self._db.run(self._engine.workflow_row, workflow_id)
+        return await self._automation.run_notifications(workflow_id, number)
+
+    async def _automate(self, scope: trio.CancelScope) -> None:
+        """While this node leads: fire the schedules, send the notifications (those
+        made on any node), and follow definition changes. Ends when `scope` is
+        cancelled (leadership lost)."""
+        clock, notifier = self._automation.clock, self._automation.notifier
+        store = self._automation.store
+
+        async def schedules() -> None:
+            await self._refresh_skew()
+            await clock.load(await self.definitions())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(clock.run)
+                while True:
+                    await self._wake.definitions.wait()
+                    self._wake.definitions = trio.Event()
+                    await self._refresh_skew()
+                    await clock.reload(await self.definitions())
+
+        async def notifications() -> None:
+            while True:
+                self._wake.notifications = trio.Event()
+                for pending in await store.pending_notifications():
+                    notifier.enqueue(pending)  # once: those it holds are not taken again
+                with trio.move_on_after(NOTIFICATIONS_POLL_SECS):
+                    await self._wake.notifications.wait()
+
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for task in (schedules, notifications, notifier.run):
+                    nursery.start_soon(_supervised, task)
+
+    async def _refresh_skew(self) -> None:
+        db_now = await self._db.run(lambda tx: tx.now, single=True)
+        self._skew_ms = db_now - now_ms()
 
     async def is_cancelled(self, workflow_id: str, job_id: str, number: int | None = None) -> bool:
         def cancelled(tx: Tx) -> bool:
@@ -653,6 +755,10 @@ class PgRuntime:
                 self._wake.log((payload[1], payload[2], payload[3]))
             elif kind == "w":
                 self._wake.leader.set()
+            elif kind == "n":
+                self._wake.notifications.set()
+            elif kind == "s":
+                self._wake.definitions.set()
         except (IndexError, TypeError, ValueError):
             log.warning("ignoring a notification of an unknown shape: %r", payload)
 
@@ -707,15 +813,20 @@ class PgRuntime:
                 self.leading = True
                 if say:
                     say("workflow-graph: this node leads the time-driven duties")
-                while True:
-                    self._wake.leader = trio.Event()
-                    wait_ms = await self.run_duties()
-                    await self._db.thread(conn.execute, "SELECT 1")
-                    wait = self._reap_interval
-                    if wait_ms is not None:
-                        wait = min(wait, max(0.005, wait_ms / 1000))
-                    with trio.move_on_after(wait):
-                        await self._wake.leader.wait()
+                automation = trio.CancelScope()
+                self._nursery.start_soon(self._automate, automation)
+                try:
+                    while True:
+                        self._wake.leader = trio.Event()
+                        wait_ms = await self.run_duties()
+                        await self._db.thread(conn.execute, "SELECT 1")
+                        wait = self._reap_interval
+                        if wait_ms is not None:
+                            wait = min(wait, max(0.005, wait_ms / 1000))
+                        with trio.move_on_after(wait):
+                            await self._wake.leader.wait()
+                finally:
+                    automation.cancel()
             except (psycopg.Error, Unavailable) as exc:
                 if self.leading:
                     log.warning("lost leadership (%s); retrying", " ".join(str(exc).split()))
@@ -730,6 +841,19 @@ class PgRuntime:
                     with trio.CancelScope(shield=True):
                         await self._db.thread(conn.close)
                 self.leading = False
+
+
+async def _supervised(task) -> None:
+    """Run `task` until cancelled; when it fails (the database away, a defect), say so
+    and start it again a moment later."""
+    while True:
+        try:
+            await task()
+        except Unavailable:
+            pass  # the database is away: the task starts again once it is back
+        except Exception:  # noqa: BLE001 - a defect must not stop the schedules for good
+            log.exception("the leader's %s task failed; starting it again", task.__name__)
+        await trio.sleep(STANDBY_RETRY_SECS)
 
 
 def _try_lock(conn: psycopg.Connection, key: int) -> bool:
@@ -772,6 +896,7 @@ async def open_pg_runtime(
     say=None,
     secrets: SecretStore | None = None,
     metrics: Metrics | None = None,
+    webhook_secret: str | None = None,
 ) -> AsyncIterator[PgRuntime]:
     """Migrate, upsert the file definitions, listen, lead when `duties` (and free),
     and yield the `PgRuntime`. Raises `StoreError` when the database cannot be used."""
@@ -795,6 +920,7 @@ async def open_pg_runtime(
                 reap_interval_secs,
                 secrets=secrets,
                 metrics=metrics,
+                webhook_secret=webhook_secret,
             )
             try:
                 await runtime.put_workflows(loaded)

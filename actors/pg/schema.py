@@ -13,7 +13,7 @@ import hashlib
 
 import psycopg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: schedules, deliveries, notifications (triggers)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
@@ -105,6 +105,32 @@ CREATE TABLE IF NOT EXISTS workers (
     last_heartbeat_ms bigint NOT NULL,
     ttl_secs int NOT NULL
 ) WITH (fillfactor = 50);
+CREATE TABLE IF NOT EXISTS schedules (
+    workflow_id text NOT NULL,
+    cron text NOT NULL,
+    timezone text NOT NULL,
+    seen_ms bigint NOT NULL,
+    last_ms bigint,
+    skipped int NOT NULL DEFAULT 0,
+    PRIMARY KEY (workflow_id, cron, timezone)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id text NOT NULL,
+    workflow_id text NOT NULL,
+    at_ms bigint NOT NULL,
+    PRIMARY KEY (delivery_id, workflow_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (at_ms);
+CREATE TABLE IF NOT EXISTS notifications (
+    id text PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    workflow_id text NOT NULL,
+    number int NOT NULL,
+    state text NOT NULL,
+    record jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (workflow_id, number, seq);
+CREATE INDEX IF NOT EXISTS notifications_pending ON notifications (seq) WHERE state = 'pending';
 """
 # No index on `leases.deadline_ms` nor `workers.last_heartbeat_ms`: a heartbeat then
 # touches no index and stays a HOT update, in the room the fillfactor leaves. The
