@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
+from homes import HOMES, Home, make_home
 from test_http_lifecycle import SSEReader
 
 from actors import Invalid, open_runtime
@@ -35,9 +34,10 @@ TOKEN = "s3cr3t-T0KEN-value"
 OTHER = "another-secret-value"
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
+@pytest.fixture(params=HOMES)
+def home(request):
+    """Secrets are revealed, masked and held back alike on both homes."""
+    yield from make_home(request, request.param)
 
 
 def store() -> SecretStore:
@@ -170,8 +170,8 @@ def test_only_what_may_start_a_value_is_held_back():
 # --- a job receives its secrets, and nothing shows them ----------------------------
 
 
-async def test_the_claim_alone_carries_the_value_and_logs_are_masked(autojump_clock):
-    async with open_runtime(specs=[deploy()], secrets=store()) as rt:
+async def test_the_claim_alone_carries_the_value_and_logs_are_masked(home: Home, autojump_clock):
+    async with home.open(specs=[deploy()], secrets=store()) as rt:
         app = create_app(rt)
         await rt.run_workflow("deploy")
         claim = await rt.claim("w", [])
@@ -231,8 +231,8 @@ async def test_the_claim_alone_carries_the_value_and_logs_are_masked(autojump_cl
             assert '"DEPLOY_TOKEN":"***"' in views[-1].replace(" ", "")
 
 
-async def test_outputs_that_hold_a_secret_are_masked(autojump_clock):
-    async with open_runtime(specs=[deploy()], secrets=store()) as rt:
+async def test_outputs_that_hold_a_secret_are_masked(home: Home, autojump_clock):
+    async with home.open(specs=[deploy()], secrets=store()) as rt:
         await rt.run_workflow("deploy")
         claim = await rt.claim("w", [])
         await rt.complete(claim.lease.lease_id, {"url": f"https://x/?k={TOKEN}", "n": "1"})
@@ -241,7 +241,9 @@ async def test_outputs_that_hold_a_secret_are_masked(autojump_clock):
         assert after.job.env == {}
 
 
-async def test_an_input_cannot_smuggle_in_a_secret_the_job_does_not_read(autojump_clock):
+async def test_an_input_cannot_smuggle_in_a_secret_the_job_does_not_read(
+    home: Home, autojump_clock
+):
     job = JobSpec(
         id="deploy",
         name="deploy",
@@ -249,7 +251,7 @@ async def test_an_input_cannot_smuggle_in_a_secret_the_job_does_not_read(autojum
         env={"TARGET": "${{ inputs.note }}@${{ secrets.TOKEN }}"},
     )
     spec = WorkflowSpec("deploy", "Deploy", "manual", (job,), inputs=(InputSpec(name="note"),))
-    async with open_runtime(specs=[spec], secrets=store()) as rt:
+    async with home.open(specs=[spec], secrets=store()) as rt:
         await rt.run_workflow("deploy", {"note": "${{ secrets.OTHER }}"})
         claim = await rt.claim("w", [])
         assert OTHER not in claim.job.model_dump_json()
@@ -266,8 +268,8 @@ jobs:
 """
 
 
-async def test_a_definition_reads_secrets_in_env_values_alone(autojump_clock):
-    async with open_runtime(secrets=store()) as rt:
+async def test_a_definition_reads_secrets_in_env_values_alone(home: Home, autojump_clock):
+    async with home.open(secrets=store()) as rt:
         app = create_app(rt)
         async with app.test_app() as test_app:
             client = test_app.test_client()
@@ -292,8 +294,8 @@ async def test_a_definition_reads_secrets_in_env_values_alone(autojump_clock):
             assert TOKEN.encode() not in status
 
 
-async def test_a_run_reading_a_secret_the_server_lacks_is_refused(autojump_clock):
-    async with open_runtime(specs=[deploy()], secrets=SecretStore({"OTHER": OTHER})) as rt:
+async def test_a_run_reading_a_secret_the_server_lacks_is_refused(home: Home, autojump_clock):
+    async with home.open(specs=[deploy()], secrets=SecretStore({"OTHER": OTHER})) as rt:
         with pytest.raises(Invalid, match="secret.* not set on this server: TOKEN"):
             await rt.run_workflow("deploy")
         app = create_app(rt)

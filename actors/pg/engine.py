@@ -299,6 +299,8 @@ class Engine:
             self.write_run(tx, state)
         ended_leases = fx.released + fx.revoked
         if ended_leases:
+            if self.secrets.values:
+                self._flush_held(tx, ended_leases)
             tx.last("DELETE FROM leases WHERE lease_id = ANY(%s)", (ended_leases,))
         for job_id, final in fx.attempt_ended:
             if final:
@@ -726,29 +728,58 @@ class Engine:
         # The lease row is locked: pushes for one job commit in the order of their ids,
         # so a follower reading past the last id it saw misses none.
         row = tx.one(
-            "SELECT workflow_id, number, job_id, worker_id, attempt, wfg_now_ms() FROM leases "
-            "WHERE lease_id = %s AND deadline_ms > wfg_now_ms() FOR UPDATE",
+            "SELECT workflow_id, number, job_id, worker_id, attempt, held, wfg_now_ms() "
+            "FROM leases WHERE lease_id = %s AND deadline_ms > wfg_now_ms() FOR UPDATE",
             (lease_id,),
         )
         if row is None:
             raise LeaseNotActive(lease_id)
-        workflow_id, number, job_id, worker_id, attempt, now = row
+        workflow_id, number, job_id, worker_id, attempt, held, now = row
         stored = stamp_chunks(workflow_id, job_id, chunks, now, attempt)
         if self.secrets.values:
             spec = self._job_spec(tx, workflow_id, number, job_id)
             values = self.secrets.values
             given = [values[n] for n in job_references(spec) if n in values] if spec else []
             if given:
-                # Each push is masked whole: a value split across two pushes is not caught
-                # here (the embedded engine holds such a tail back in its lease actor).
-                masker = Masker(given)
-                stored = [c.model_copy(update={"data": masker.mask(c.data)}) for c in stored]
+                stored, kept = _mask_held(Masker(given), held, stored)
+                if kept != held:
+                    tx.exec("UPDATE leases SET held = %s WHERE lease_id = %s", (kept, lease_id))
         tx.many(
             "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
             [(workflow_id, number, job_id, c.model_dump_json()) for c in stored],
         )
         tx.last("UPDATE workers SET last_heartbeat_ms = %s WHERE worker_id = %s", (now, worker_id))
         if stored:
+            tx.notify("l", workflow_id, number, job_id)
+
+    def _flush_held(self, tx: Tx, lease_ids: list[str]) -> None:
+        """The attempts are over: what their pushes held back is no secret after all;
+        store it as each stream's last chunk."""
+        rows = tx.all(
+            "SELECT workflow_id, number, job_id, attempt, held FROM leases "
+            "WHERE lease_id = ANY(%s) AND held IS NOT NULL",
+            (lease_ids,),
+        )
+        for workflow_id, number, job_id, attempt, held in rows:
+            sequence = held["sequence"]
+            tail = []
+            for stream, text in held["streams"].items():
+                sequence += 1
+                tail.append(
+                    LogChunk(
+                        workflow_id=workflow_id,
+                        job_id=job_id,
+                        sequence=sequence,
+                        data=text,
+                        timestamp_ms=tx.now,
+                        stream=stream,
+                        attempt=attempt,
+                    )
+                )
+            tx.many(
+                "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
+                [(workflow_id, number, job_id, c.model_dump_json()) for c in tail],
+            )
             tx.notify("l", workflow_id, number, job_id)
 
     # --- time-driven duties (the leader's; each a conditional change) ---
@@ -987,6 +1018,26 @@ class Engine:
         )
         last = rows[-1][0] if rows else after
         return [LogChunk.model_validate_json(c) for _, c in rows], last, ended
+
+
+def _mask_held(
+    masker: Masker, held: dict[str, Any] | None, chunks: list[LogChunk]
+) -> tuple[list[LogChunk], Jsonb | None]:
+    """Chunks with every secret value masked, as the embedded lease actor masks them:
+    what may be the start of a value is held back per stream (in the lease's row)
+    and goes out with that stream's next chunk. Returns the chunks and the lease's
+    new `held` (None: nothing held)."""
+    streams: dict[str, str] = dict(held["streams"]) if held else {}
+    sequence = held["sequence"] if held else -1
+    masked = []
+    for chunk in chunks:
+        data, streams[chunk.stream] = masker.mask_text(streams.get(chunk.stream, ""), chunk.data)
+        sequence = max(sequence, chunk.sequence)
+        masked.append(chunk.model_copy(update={"data": data}))
+    kept = {stream: text for stream, text in streams.items() if text}
+    if not kept:
+        return masked, None
+    return masked, Jsonb({"streams": kept, "sequence": sequence})
 
 
 def queued_job_json(state: RunState, run_plan: RunPlan, job_id: str) -> str:

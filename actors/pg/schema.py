@@ -13,7 +13,7 @@ import hashlib
 
 import psycopg
 
-SCHEMA_VERSION = 2  # 2: schedules, deliveries, notifications (triggers)
+SCHEMA_VERSION = 2  # 2: schedules, deliveries, notifications (triggers); leases.held
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
@@ -105,6 +105,8 @@ CREATE TABLE IF NOT EXISTS workers (
     last_heartbeat_ms bigint NOT NULL,
     ttl_secs int NOT NULL
 ) WITH (fillfactor = 50);
+-- The end of a log a secret may begin in, held back until the next push or the attempt's end.
+ALTER TABLE leases ADD COLUMN IF NOT EXISTS held jsonb;
 CREATE TABLE IF NOT EXISTS schedules (
     workflow_id text NOT NULL,
     cron text NOT NULL,
