@@ -148,3 +148,16 @@ async def test_a_job_no_live_worker_of_any_node_can_take_is_marked_waiting(home)
         assert job.waiting.labels == ["gpu"]
         await rt.register_worker("gpu-box", ["gpu"])
         assert (await rt.get_run("w", 1)).jobs[0].waiting is None
+
+
+async def test_metrics_read_the_database_gauges_at_most_once_a_second(home):
+    def ready(text: bytes) -> list[str]:
+        return [line for line in text.decode().splitlines() if line.startswith("wfg_jobs_ready{")]
+
+    async with home.open() as rt:
+        rt.add_workflow(flat("w", 2))
+        assert ready(await rt.scrape()) == []
+        await rt.run_workflow("w")
+        assert ready(await rt.scrape()) == []  # the reading of a moment ago
+        await trio.sleep(1.0)
+        assert ready(await rt.scrape()) == ['wfg_jobs_ready{labels="(none)"} 2.0']
