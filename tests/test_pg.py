@@ -161,3 +161,20 @@ async def test_metrics_read_the_database_gauges_at_most_once_a_second(home):
         assert ready(await rt.scrape()) == []  # the reading of a moment ago
         await trio.sleep(1.0)
         assert ready(await rt.scrape()) == ['wfg_jobs_ready{labels="(none)"} 2.0']
+
+
+async def test_a_ready_row_that_does_not_say_since_when_stops_no_reader(home):
+    # A row written by hand (as the benchmark's `postgres` scenario fills a queue): the
+    # waiting watch and /metrics read it as claimable since now, and the node goes on.
+    async with home.open() as rt:
+        with psycopg.connect(home.database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO label_sets VALUES ('[\"elsewhere\"]', '{elsewhere}');"
+                "INSERT INTO jobs (workflow_id, number, job_id, state, ready, label_key, "
+                "enqueue_seq, payload) VALUES ('x', 1, 'j', '{}', true, '[\"elsewhere\"]', "
+                "nextval('enqueue_seq'), '{}')"
+            )
+        await trio.sleep(12)  # the watch looks every few seconds
+        scraped = (await rt.scrape()).decode()
+        assert 'wfg_jobs_ready{labels="elsewhere"} 1.0' in scraped
+        assert frozenset({"elsewhere"}) in rt._watch.since  # the watch looked, and lives

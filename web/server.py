@@ -238,7 +238,9 @@ def _url(sock: socket.socket) -> str:
 
 async def _stop_on_signal(stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
+        async for received in signals:
+            # Said, so that a log shows why the server stopped answering.
+            log.info("stopping on %s", signal.Signals(received).name)
             stop.set()
             return
 

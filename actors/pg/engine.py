@@ -957,12 +957,14 @@ class Engine:
         )
 
     def ready_reading(self, tx: Tx) -> dict[frozenset[str], tuple[int, int]]:
-        """Per ready label set: how many jobs, and the oldest one's claimable-since ms."""
+        """Per ready label set: how many jobs, and the oldest one's claimable-since ms (now
+        for a row that does not say: one written by hand must not stop the readers)."""
         return {
             frozenset(json.loads(key)): (count, since)
             for key, count, since in tx.all(
-                "SELECT label_key, count(*), min(greatest((state->>'enqueued_at_ms')::bigint, "
-                "(state->>'delayed_until_ms')::bigint)) FROM jobs WHERE ready GROUP BY label_key"
+                "SELECT label_key, count(*), coalesce(min(greatest("
+                "(state->>'enqueued_at_ms')::bigint, (state->>'delayed_until_ms')::bigint)), "
+                "wfg_now_ms()) FROM jobs WHERE ready GROUP BY label_key"
             )
         }
 

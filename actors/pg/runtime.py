@@ -736,10 +736,11 @@ class PgRuntime:
         while True:
             try:
                 ready, live, now = await self._db.run(read)
+                self._watch.update(ready, live, now)
             except Unavailable:
                 pass  # the database is away: look again later
-            else:
-                self._watch.update(ready, live, now)
+            except Exception:  # noqa: BLE001 - a defect must not take the node down
+                log.exception("watching the ready label sets failed; looking again later")
             await trio.sleep(interval_secs)
 
     async def readiness(self) -> str | None:
