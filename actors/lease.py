@@ -19,8 +19,8 @@ from .actor import Actor, Reply
 from .clock import now_ms
 from .errors import LeaseNotActive
 from .logs import AppendChunks
-from .models import Lease, LogChunk, LogStream
-from .secrets import Masker
+from .models import Lease, LogChunk
+from .secrets import Masker, held_tail, mask_chunks
 from .store import put_lease
 from .workers import JobHeld, Seen
 from .workflow import JobCompleted, JobFailed, LeaseExpired
@@ -83,7 +83,7 @@ class LeaseActor(Actor):
         secrets = list(secrets)
         self._masker = Masker(secrets) if secrets else None
         # Per stream, the end of the pushed text that may be the start of a secret.
-        self._held: dict[LogStream, str] = {}
+        self._held: dict[str, str] = {}  # per stream: held back from the log (secrets)
         self._last_sequence = -1
 
     @property
@@ -219,34 +219,21 @@ class LeaseActor(Actor):
         await self._system.logs.ask(AppendChunks(key, chunks))
 
     def _masked(self, masker: Masker, chunks: list[LogChunk]) -> list[LogChunk]:
-        """The chunks with every secret value masked; what may be the start of one
-        is held back, per stream, and goes out with that stream's next chunk."""
-        masked = []
-        for chunk in chunks:
-            held = self._held.get(chunk.stream, "")
-            data, self._held[chunk.stream] = masker.mask_text(held, chunk.data)
-            self._last_sequence = max(self._last_sequence, chunk.sequence)
-            masked.append(chunk.model_copy(update={"data": data}))
+        masked, self._last_sequence = mask_chunks(masker, self._held, chunks, self._last_sequence)
         return masked
 
     async def _flush_held(self) -> None:
         """The attempt is over: what was held back is no secret after all; store it."""
         lease = self.lease
-        chunks = []
-        for stream, text in self._held.items():
-            if text:
-                self._last_sequence += 1
-                chunks.append(
-                    LogChunk(
-                        workflow_id=lease.workflow_id,
-                        job_id=lease.job_id,
-                        sequence=self._last_sequence,
-                        data=text,
-                        timestamp_ms=now_ms(),
-                        stream=stream,
-                        attempt=self.attempt,
-                    )
-                )
+        chunks = held_tail(
+            self._held,
+            self._last_sequence,
+            lease.workflow_id,
+            lease.job_id,
+            self.attempt,
+            now_ms(),
+        )
+        self._last_sequence += len(chunks)
         self._held.clear()
         if chunks:
             try:

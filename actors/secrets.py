@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Invalid
+from .models import LogChunk, LogStream
 
 log = logging.getLogger("workflow_graph")
 
@@ -226,6 +227,48 @@ class Masker:
 
     def mask_mapping(self, values: Mapping[str, str]) -> dict[str, str]:
         return {key: self.mask(value) for key, value in values.items()}
+
+
+def mask_chunks(
+    masker: Masker, held: dict[str, str], chunks: list[LogChunk], sequence: int
+) -> tuple[list[LogChunk], int]:
+    """One attempt's pushed chunks with every secret value masked; what may be the start
+    of one is held back in `held` (per stream, updated in place) and goes out with that
+    stream's next chunk. Returns the chunks and the highest sequence seen so far."""
+    masked = []
+    for chunk in chunks:
+        data, held[chunk.stream] = masker.mask_text(held.get(chunk.stream, ""), chunk.data)
+        sequence = max(sequence, chunk.sequence)
+        masked.append(chunk.model_copy(update={"data": data}))
+    return masked, sequence
+
+
+def held_tail(
+    held: Mapping[str, str],
+    sequence: int,
+    workflow_id: str,
+    job_id: str,
+    attempt: int,
+    now: int,
+) -> list[LogChunk]:
+    """The attempt is over: what was held back is no secret after all. Each stream's
+    text as its last chunk, numbered on from `sequence`."""
+    tail = []
+    for stream, text in held.items():
+        if text:
+            sequence += 1
+            tail.append(
+                LogChunk(
+                    workflow_id=workflow_id,
+                    job_id=job_id,
+                    sequence=sequence,
+                    data=text,
+                    timestamp_ms=now,
+                    stream=LogStream(stream),
+                    attempt=attempt,
+                )
+            )
+    return tail
 
 
 def _open_prefix(text: str, values: list[str]) -> int:

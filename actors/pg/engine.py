@@ -56,7 +56,7 @@ from ..models import (
 )
 from ..rules import Effects, JobRun, RunPlan, Transition, claim_job
 from ..rules import Run as RunState
-from ..secrets import Masker, SecretStore, job_references
+from ..secrets import Masker, SecretStore, held_tail, job_references, mask_chunks
 from ..spec import WorkflowSpec, spec_from_json, spec_to_json
 from ..store import spec_hash
 from ..trigger_store import RunMark
@@ -761,21 +761,9 @@ class Engine:
             (lease_ids,),
         )
         for workflow_id, number, job_id, attempt, held in rows:
-            sequence = held["sequence"]
-            tail = []
-            for stream, text in held["streams"].items():
-                sequence += 1
-                tail.append(
-                    LogChunk(
-                        workflow_id=workflow_id,
-                        job_id=job_id,
-                        sequence=sequence,
-                        data=text,
-                        timestamp_ms=tx.now,
-                        stream=stream,
-                        attempt=attempt,
-                    )
-                )
+            tail = held_tail(
+                held["streams"], held["sequence"], workflow_id, job_id, attempt, tx.now
+            )
             tx.many(
                 "INSERT INTO logs (workflow_id, number, job_id, chunk) VALUES (%s, %s, %s, %s)",
                 [(workflow_id, number, job_id, c.model_dump_json()) for c in tail],
@@ -1030,12 +1018,7 @@ def _mask_held(
     and goes out with that stream's next chunk. Returns the chunks and the lease's
     new `held` (None: nothing held)."""
     streams: dict[str, str] = dict(held["streams"]) if held else {}
-    sequence = held["sequence"] if held else -1
-    masked = []
-    for chunk in chunks:
-        data, streams[chunk.stream] = masker.mask_text(streams.get(chunk.stream, ""), chunk.data)
-        sequence = max(sequence, chunk.sequence)
-        masked.append(chunk.model_copy(update={"data": data}))
+    masked, sequence = mask_chunks(masker, streams, chunks, held["sequence"] if held else -1)
     kept = {stream: text for stream, text in streams.items() if text}
     if not kept:
         return masked, None
